@@ -1,0 +1,116 @@
+"""One run request, start to finish: guard, worktree, train, evaluate, clean up.
+
+Flow: a backend (`arena.local.LocalArena`, `arena.ray_backend.RayArena`) takes a
+`RunRequest` off its queue, picks a device slot and calls `execute_run`, which
+1. repeats the safety guards (`arena.guards.check_safety`) on the commit;
+2. checks the commit out in a fresh worktree and makes an output directory;
+3. trains and evaluates it (`arena.runner.run_candidate`);
+4. removes the worktree and the checkpoint (the commit stays), and writes the
+   measured metrics as a git note on the commit;
+and returns a `RunResult`. Faults of the arena itself (not the candidate's) become a
+result with status `proposed` (not measured, to be run again) and the reason, so a
+candidate never silently disappears.
+
+What it does not do: queue, choose slots, or decide what the numbers mean.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import shutil
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+from arena.devices import Slot
+from arena.guards import check_safety
+from arena.records import RunRequest, RunResult, Status
+from arena.repo import ExperimentRepo
+from arena.runner import RunHandle, run_candidate
+from arena.sandbox import Sandbox
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ArenaConfig:
+    """Settings shared by every run of an arena."""
+
+    mem_limit_mb: int
+    use_bwrap: bool | None = None  # None: bubblewrap when installed
+    startup_allowance_s: float = 60.0  # added to the budget for the wall limit
+    eval_timeout_s: float = 600.0
+    term_grace_s: float = 3.0  # between SIGTERM and SIGKILL
+    keep_outputs: bool = False  # keep model.pt after evaluation
+    annotate: bool = True  # git note with the metrics on each commit
+
+    @property
+    def sandbox(self) -> Sandbox:
+        return Sandbox(self.mem_limit_mb, self.use_bwrap)
+
+
+def run_name(request: RunRequest) -> str:
+    safe = re.sub(r"[^A-Za-z0-9_.-]", "_", request.candidate_id)[:40]
+    return f"{safe}-s{request.seed}-{uuid.uuid4().hex[:6]}"
+
+
+def note_text(result: RunResult) -> str:
+    parts = [f"seed {result.seed}: {result.status.value}"]
+    for key in ("val_bpb", "test_bpb", "peak_mem_mb", "wall_seconds"):
+        value = getattr(result, key)
+        if value is not None:
+            parts.append(f"{key}={value:.6g}")
+    parts.append(f"device={result.device_type} ({result.device_name})")
+    if result.status.is_failure():
+        parts.append(f"reason: {result.message.splitlines()[0][:200] if result.message else ''}")
+    return " ".join(parts)
+
+
+def execute_run(request: RunRequest, repo: ExperimentRepo, data_dir: Path, trusted_prepare: Path,
+                slot: Slot, config: ArenaConfig, logs_dir: Path,
+                handle: RunHandle | None = None) -> RunResult:
+    t0 = time.monotonic()
+    base = dict(candidate_id=request.candidate_id, commit=request.commit, seed=request.seed,
+                device_type=slot.device_type, device_name=slot.device_name)
+    verdict = check_safety(repo, request.commit)
+    if not verdict.ok:
+        return RunResult(status=Status.GUARD_REFUSED, message=verdict.message, **base)
+    name = run_name(request)
+    log_path = logs_dir / f"{name}.log"
+    out_dir = repo.run_dir / "out" / name
+    worktree: Path | None = None
+    try:
+        worktree = repo.add_worktree(request.commit, name)
+        outcome = run_candidate(
+            worktree=worktree, out_dir=out_dir, log_path=log_path, data_dir=data_dir,
+            trusted_prepare=trusted_prepare, slot=slot, seed=request.seed,
+            budget_s=request.budget_s, sandbox=config.sandbox,
+            startup_allowance_s=config.startup_allowance_s, eval_timeout_s=config.eval_timeout_s,
+            term_grace_s=config.term_grace_s, handle=handle,
+        )
+    except Exception as exc:  # the arena's own failure: reported as "not measured"
+        log.exception("run %s failed inside the arena", name)
+        return RunResult(status=Status.PROPOSED, message=f"arena error (not measured): {exc}",
+                         log_path=str(log_path), wall_seconds=time.monotonic() - t0, **base)
+    finally:
+        if worktree is not None:
+            repo.remove_worktree(worktree)
+        if not config.keep_outputs:
+            shutil.rmtree(out_dir, ignore_errors=True)
+    claimed = dict(outcome.claimed or {})
+    result = RunResult(
+        status=outcome.status, message=outcome.message, val_bpb=outcome.val_bpb,
+        test_bpb=outcome.test_bpb, peak_mem_mb=outcome.peak_mem_mb,
+        training_seconds=outcome.train_wall_s, wall_seconds=time.monotonic() - t0,
+        log_path=str(log_path), claimed=claimed, **base,
+    )
+    if config.annotate and result.status is not Status.PROPOSED:
+        try:
+            repo.annotate(request.commit, note_text(result))
+        except Exception as exc:  # a failed note loses no result; say so
+            log.warning("could not write the git note for %s: %s", request.commit[:10], exc)
+    log.info("%s seed %d on %s: %s %s", request.candidate_id, request.seed, slot.name,
+             result.status.value, f"val_bpb={result.val_bpb:.4f}" if result.val_bpb else "")
+    return result

@@ -1,0 +1,351 @@
+"""The runner: one training run and one trusted evaluation of one candidate worktree.
+
+Flow: `arena.LocalArena` (or the Ray backend) hands the runner a checked-out worktree,
+an output directory, a device slot and a seed. The runner
+1. starts `python train.py` in the worktree through the supervisor
+   (`python -m arena.supervise`: own process group, wall limit = budget + startup
+   allowance, memory ceiling, every descendant killed at the end), confined by the
+   sandbox, with the contract's environment and nothing else (credentials scrubbed);
+   stdout and stderr go to a log file that can be tailed while it runs;
+2. classifies the outcome from the exit status, the supervisor's report and the log
+   (crashed with the traceback tail, timeout, oom, contract_error);
+3. when training ended cleanly, runs the evaluator (`python -m arena.evaluate`, itself
+   under a supervisor) and takes val_bpb, test_bpb and the causality verdict from it.
+The numbers the candidate printed (the `---` summary block) and its claimed.json are
+kept in `claimed` and never used.
+
+What it does not do: choose what to run, check the commit (guards), or manage slots.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from arena.devices import Slot
+from arena.guards import scrub_env
+from arena.records import Status
+from arena.sandbox import Sandbox
+
+log = logging.getLogger(__name__)
+
+PACKAGE_ROOT = Path(__file__).resolve().parent.parent
+OOM_PATTERNS = re.compile(
+    r"(MemoryError|can't allocate memory|Cannot allocate memory|CUDA out of memory|"
+    r"OutOfMemoryError|std::bad_alloc|DefaultCPUAllocator: not enough memory)"
+)
+MAX_CLAIMED_BYTES = 64 * 1024
+TAIL_LINES = 15
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What one run produced. `status` RUNNING after training means: ended cleanly,
+    go evaluate; after evaluation it is the final status."""
+
+    status: Status
+    message: str
+    val_bpb: float | None = None
+    test_bpb: float | None = None
+    peak_mem_mb: float | None = None
+    train_wall_s: float | None = None
+    eval_wall_s: float | None = None
+    claimed: dict | None = None
+
+
+class Cancelled(Exception):
+    """The run was cancelled by the arena."""
+
+
+class RunHandle:
+    """Lets another thread cancel the run in progress (SIGTERM to its supervisor)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._proc: subprocess.Popen | None = None
+        self.cancelled = False
+
+    def attach(self, proc: subprocess.Popen | None) -> None:
+        with self._lock:
+            self._proc = proc
+            if proc is not None and self.cancelled:
+                proc.terminate()
+
+    def cancel(self) -> None:
+        with self._lock:
+            self.cancelled = True
+            if self._proc is not None and self._proc.poll() is None:
+                self._proc.terminate()
+
+
+def candidate_env(slot: Slot, seed: int, budget_s: float, out_dir: Path, data_dir: Path,
+                  home: Path) -> dict[str, str]:
+    """The contract's environment for a candidate: scrubbed base + EVOLVE_* variables."""
+    env = scrub_env(os.environ)
+    env.setdefault("PATH", "/usr/local/bin:/usr/bin:/bin")
+    env["PATH"] = f"{Path(sys.executable).parent}:{env['PATH']}"
+    threads = str(slot.threads)
+    env.update(slot.env())
+    env.update(
+        {
+            "HOME": str(home),
+            "EVOLVE_BUDGET_S": f"{budget_s:g}",
+            "EVOLVE_SEED": str(seed),
+            "EVOLVE_OUT": str(out_dir),
+            "EVOLVE_DATA": str(data_dir),
+            "EVOLVE_THREADS": threads,
+            "OMP_NUM_THREADS": threads,
+            "MKL_NUM_THREADS": threads,
+            "PYTHONHASHSEED": str(seed),
+            "PYTHONDONTWRITEBYTECODE": "1",
+            "PYTHONUNBUFFERED": "1",
+            "PYTHONNOUSERSITE": "1",
+        }
+    )
+    return env
+
+
+def supervised(argv: list[str], cwd: Path, env: dict[str, str], log_path: Path,
+               wall_limit_s: float, sandbox: Sandbox, slot: Slot, handle: RunHandle | None,
+               term_grace_s: float = 3.0, address_space: bool = True) -> dict:
+    """Run `argv` under `python -m arena.supervise` and return its JSON report."""
+    with tempfile.TemporaryDirectory(prefix="evolve-supervise-") as tmp:
+        spec_path, result_path = Path(tmp) / "spec.json", Path(tmp) / "result.json"
+        spec = {
+            "argv": argv, "cwd": str(cwd), "env": env, "log_path": str(log_path),
+            "wall_limit_s": wall_limit_s, "mem_limit_mb": sandbox.mem_limit_mb,
+            "address_space": address_space and slot.device_type == "cpu",
+            "term_grace_s": term_grace_s, "gpu": slot.device_type == "cuda",
+        }
+        spec_path.write_text(json.dumps(spec))
+        sup_env = scrub_env(os.environ)
+        sup_env["PYTHONPATH"] = str(PACKAGE_ROOT)
+        if slot.cuda_index is not None:
+            sup_env["SUPERVISE_GPU_INDEX"] = str(slot.cuda_index)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "arena.supervise", str(spec_path), str(result_path)],
+            env=sup_env, cwd=str(PACKAGE_ROOT), stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        )
+        if handle is not None:
+            handle.attach(proc)
+        try:
+            # The supervisor enforces the wall limit itself; this outer limit only
+            # catches a supervisor that is itself stuck.
+            _, err = proc.communicate(timeout=wall_limit_s + 10 * term_grace_s + 30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            _, err = proc.communicate()
+            raise RuntimeError(f"supervisor for {argv[-1]} did not finish; killed it")
+        finally:
+            if handle is not None:
+                handle.attach(None)
+        if not result_path.exists():
+            raise RuntimeError(f"supervisor exited {proc.returncode} without a report: "
+                               f"{err.decode(errors='replace').strip()[-500:]}")
+        report = json.loads(result_path.read_text())
+    if report.get("error") and report.get("returncode") is None:
+        raise RuntimeError(report["error"])
+    if report.get("error"):
+        log.error("supervisor: %s", report["error"])
+    return report
+
+
+def log_tail(path: Path, max_bytes: int = 64 * 1024) -> str:
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            size = f.tell()
+            f.seek(max(0, size - max_bytes))
+            return f.read().decode("utf-8", errors="replace")
+    except OSError:
+        return ""
+
+
+def traceback_tail(text: str, lines: int = TAIL_LINES) -> str:
+    start = text.rfind("Traceback (most recent call last):")
+    chunk = text[start:] if start >= 0 else text
+    tail = [ln for ln in chunk.strip().splitlines() if ln.strip()][-lines:]
+    return "\n".join(tail)[-2000:]
+
+
+def parse_summary(text: str) -> dict:
+    """The candidate's own `---` block (autoresearch format), values as floats where
+    they parse. Informational only."""
+    out: dict = {}
+    idx = text.rfind("\n---\n")
+    if idx < 0 and text.startswith("---\n"):
+        idx = -1
+    if idx == -1 and not text.startswith("---\n"):
+        return out
+    for line in text[idx + 5 if idx >= 0 else 4:].splitlines():
+        if ":" not in line:
+            break
+        key, _, value = line.partition(":")
+        key, value = key.strip(), value.strip()
+        if not key or " " in key:
+            break
+        try:
+            out[key] = float(value)
+        except ValueError:
+            out[key] = value[:200]
+    return out
+
+
+def read_claimed(out_dir: Path, log_text: str) -> dict:
+    claimed: dict = {}
+    path = out_dir / "claimed.json"
+    try:
+        if path.is_file() and path.stat().st_size <= MAX_CLAIMED_BYTES:
+            data = json.loads(path.read_text())
+            if isinstance(data, dict):
+                claimed.update(data)
+    except (OSError, ValueError) as exc:
+        claimed["claimed_json_error"] = str(exc)[:200]
+    claimed.update(parse_summary(log_text))
+    return claimed
+
+
+def classify_training(report: dict, log_text: str, out_dir: Path, budget_s: float,
+                      allowance_s: float, prepare_changed: bool) -> tuple[Status, str]:
+    rc = report["returncode"]
+    if report["cancelled"]:
+        return Status.PROPOSED, "cancelled by the arena before it finished; not measured"
+    if report["timed_out"]:
+        return Status.TIMEOUT, (f"killed at the wall limit of {budget_s + allowance_s:.0f} s "
+                                f"(budget {budget_s:g} s + startup allowance {allowance_s:g} s); "
+                                "train.py must stop when BudgetClock.done")
+    if report["mem_killed"]:
+        return Status.OOM, (f"killed at the memory ceiling ({report['tree_peak_mb']:.0f} MB "
+                            "resident across its processes)")
+    if prepare_changed:
+        return Status.CONTRACT_ERROR, ("prepare.py in the worktree was modified during the run; "
+                                       "the harness must not be touched; results discarded")
+    if rc != 0:
+        tail = traceback_tail(log_text)
+        if OOM_PATTERNS.search(tail):
+            return Status.OOM, f"out of memory (ceiling applies to every candidate):\n{tail}"
+        if rc == -9:
+            return Status.OOM, ("killed by SIGKILL from outside the arena (most likely the "
+                                f"kernel's OOM killer):\n{tail}")
+        return Status.CRASHED, f"exited with code {rc}:\n{tail}"
+    missing = [n for n in ("model.pt", "build.json") if not (out_dir / n).is_file()]
+    if missing:
+        return Status.CONTRACT_ERROR, (f"exited 0 without a checkpoint ({', '.join(missing)} missing "
+                                       "in EVOLVE_OUT); train.py must call prepare.save_for_eval")
+    return Status.RUNNING, "trained"
+
+
+def run_candidate(
+    *,
+    worktree: Path,
+    out_dir: Path,
+    log_path: Path,
+    data_dir: Path,
+    trusted_prepare: Path,
+    slot: Slot,
+    seed: int,
+    budget_s: float,
+    sandbox: Sandbox,
+    startup_allowance_s: float = 60.0,
+    eval_timeout_s: float = 600.0,
+    term_grace_s: float = 3.0,
+    handle: RunHandle | None = None,
+) -> Outcome:
+    """Train `worktree`'s train.py and evaluate it. Never raises for candidate faults:
+    every failure is an Outcome with a status and a message."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    home = out_dir / "home"
+    home.mkdir(exist_ok=True)
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    env = candidate_env(slot, seed, budget_s, out_dir.resolve(), Path(data_dir).resolve(), home)
+    argv = sandbox.command(
+        [sys.executable, "train.py"], cwd=worktree, writable=[worktree, out_dir],
+        data_dir=data_dir, readonly_files=[worktree / "prepare.py"],
+        gpu=slot.device_type == "cuda",
+    )
+    with open(log_path, "ab") as f:
+        f.write(f"# arena: train.py on {slot.name} ({slot.device_name}), seed {seed}, "
+                f"budget {budget_s:g} s\n".encode())
+    report = supervised(argv, worktree, env, log_path, budget_s + startup_allowance_s, sandbox, slot,
+                        handle, term_grace_s)
+    text = log_tail(log_path)
+    trusted = trusted_prepare.read_bytes()
+    try:
+        prepare_changed = (worktree / "prepare.py").read_bytes() != trusted
+    except OSError:
+        prepare_changed = True
+    status, message = classify_training(report, text, out_dir, budget_s, startup_allowance_s,
+                                        prepare_changed)
+    claimed = read_claimed(out_dir, text)
+    peak = max(report["peak_rss_mb"], report["tree_peak_mb"])
+    if slot.device_type == "cuda":
+        peak = report["gpu_peak_mb"] or None  # GPU memory is the figure that matters there
+    common = dict(peak_mem_mb=peak, train_wall_s=report["wall_s"], claimed=claimed)
+    if status is not Status.RUNNING:
+        return Outcome(status, message, **common)
+    if handle is not None and handle.cancelled:
+        return Outcome(Status.PROPOSED, "cancelled by the arena before evaluation; not measured",
+                       **common)
+    ev_status, ev_message, val_bpb, test_bpb, eval_wall = evaluate(
+        worktree=worktree, out_dir=out_dir, log_path=log_path.with_suffix(".eval.log"),
+        data_dir=data_dir, trusted_prepare=trusted_prepare, slot=slot, seed=seed, sandbox=sandbox,
+        eval_timeout_s=eval_timeout_s, term_grace_s=term_grace_s, handle=handle,
+    )
+    return Outcome(ev_status, ev_message, val_bpb=val_bpb, test_bpb=test_bpb,
+                   eval_wall_s=eval_wall, **common)
+
+
+def evaluate(*, worktree: Path, out_dir: Path, log_path: Path, data_dir: Path,
+             trusted_prepare: Path, slot: Slot, seed: int, sandbox: Sandbox,
+             eval_timeout_s: float, term_grace_s: float = 3.0,
+             handle: RunHandle | None = None) -> tuple[Status, str, float | None, float | None, float]:
+    """Run the trusted evaluator on a trained worktree: (status, message, val_bpb,
+    test_bpb, wall seconds)."""
+    result_path = out_dir.parent / f"{out_dir.name}.eval.json"
+    argv = [
+        sys.executable, "-m", "arena.evaluate",
+        "--worktree", str(worktree.resolve()), "--out", str(out_dir.resolve()),
+        "--data", str(Path(data_dir).resolve()), "--prepare", str(trusted_prepare.resolve()),
+        "--device", "cuda" if slot.device_type == "cuda" else "cpu",
+        "--threads", str(slot.threads), "--result", str(result_path),
+        "--mem-limit-mb", str(sandbox.mem_limit_mb),
+        "--sandbox", {None: "auto", True: "on", False: "off"}[sandbox.use_bwrap],
+        "--timeout-s", str(eval_timeout_s),
+    ]
+    env = scrub_env(os.environ)
+    env.update(slot.env())
+    env.update({"PYTHONPATH": str(PACKAGE_ROOT), "PYTHONDONTWRITEBYTECODE": "1",
+                "HOME": str(out_dir / "home"), "OMP_NUM_THREADS": str(slot.threads)})
+    # The evaluator is trusted code: its address space is not capped (it forwards the
+    # ceiling to the candidate's model worker, which is).
+    report = supervised(argv, PACKAGE_ROOT, env, log_path, eval_timeout_s + 30, sandbox, slot,
+                        handle, term_grace_s, address_space=False)
+    wall = report["wall_s"]
+    if report["cancelled"]:
+        return Status.PROPOSED, "cancelled by the arena during evaluation; not measured", None, None, wall
+    try:
+        result = json.loads(result_path.read_text())
+    except (OSError, ValueError):
+        tail = traceback_tail(log_tail(log_path))
+        why = "timed out" if report["timed_out"] else f"exited {report['returncode']}"
+        return Status.CONTRACT_ERROR, f"the evaluator {why} without a result:\n{tail}", None, None, wall
+    finally:
+        result_path.unlink(missing_ok=True)
+    if result["status"] == "arena_error":  # not the candidate's fault
+        raise RuntimeError(result["message"])
+    status = Status(result["status"])
+    val, test = result.get("val_bpb"), result.get("test_bpb")
+    if status is Status.EVALUATED and not all(isinstance(v, float) and math.isfinite(v) for v in (val, test)):
+        return Status.NAN, "the evaluator produced a non-finite bpb", None, None, wall
+    return status, result["message"], val, test, wall

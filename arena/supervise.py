@@ -1,0 +1,253 @@
+"""The supervisor: a small trusted process that owns one candidate process tree.
+
+Flow: `arena.runner` starts `python -m arena.supervise SPEC.json`; the supervisor makes
+itself a child subreaper (so every descendant that escapes by double-forking or
+`setsid` is re-parented to it, not to init), starts the command in a new process group
+with its stdout and stderr appended to the log file, and then, every 100 ms:
+- reaps the command when it exits;
+- samples the resident memory of its whole process tree (psutil) and kills the tree
+  when it passes the memory ceiling;
+- kills the tree when the wall limit (budget + startup allowance) has passed.
+Killing is SIGTERM to the process group, a grace period, then SIGKILL to the group and
+to every remaining descendant. Whatever way the command ends, leftover descendants are
+killed and reaped before the supervisor reports. SIGTERM to the supervisor itself
+(the arena's cancel) kills the tree the same way.
+
+Peak memory is measured from outside the candidate: the larger of
+`getrusage(RUSAGE_CHILDREN).ru_maxrss` (max RSS of the largest process of the reaped
+tree, escaped descendants included since the supervisor reaps them) and the largest
+sampled sum of RSS over the tree. On CUDA the runner adds NVML's per-process figure.
+
+It writes one JSON result (see `SupervisorResult`) and exits 0; it never interprets
+the candidate's output (the runner classifies).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import os
+import resource
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import psutil
+
+PR_SET_CHILD_SUBREAPER = 36
+PR_SET_PDEATHSIG = 1
+TICK_S = 0.1
+
+
+@dataclass(frozen=True)
+class SupervisorResult:
+    returncode: int | None  # negative: killed by that signal
+    timed_out: bool
+    mem_killed: bool  # the watchdog killed it at the memory ceiling
+    cancelled: bool
+    wall_s: float
+    peak_rss_mb: float  # getrusage(RUSAGE_CHILDREN).ru_maxrss
+    tree_peak_mb: float  # largest sampled sum of RSS over the tree
+    gpu_peak_mb: float  # NVML per-process, 0 without a GPU
+    leftovers_killed: int  # descendants still alive after the command ended
+    error: str = ""
+
+
+def _prctl(option: int, value: int) -> None:
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(option, value, 0, 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), f"prctl({option}) failed")
+
+
+def _descendants() -> list[psutil.Process]:
+    try:
+        return psutil.Process().children(recursive=True)
+    except psutil.Error:
+        return []
+
+
+def _tree_rss() -> int:
+    total = 0
+    for p in _descendants():
+        try:
+            total += p.memory_info().rss
+        except psutil.Error:
+            continue
+    return total
+
+
+def _kill_all(sig: int) -> int:
+    n = 0
+    for p in _descendants():
+        try:
+            p.send_signal(sig)
+            n += 1
+        except psutil.Error:
+            continue
+    return n
+
+
+def _reap_all() -> None:
+    while True:
+        try:
+            pid, _ = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            return
+
+
+class _GpuSampler:
+    """Per-process GPU memory through NVML, summed over the supervisor's tree."""
+
+    def __init__(self, enabled: bool) -> None:
+        self.handles: list = []
+        self.nvml = None
+        if not enabled:
+            return
+        try:
+            import pynvml
+
+            pynvml.nvmlInit()
+            self.nvml = pynvml
+            visible = os.environ.get("SUPERVISE_GPU_INDEX", "")
+            indices = [int(v) for v in visible.split(",") if v.strip().isdigit()]
+            self.handles = [pynvml.nvmlDeviceGetHandleByIndex(i) for i in indices]
+        except Exception as exc:  # no driver / no pynvml: report and carry on without GPU figures
+            print(f"supervise: NVML unavailable ({exc})", file=sys.stderr)
+            self.nvml = None
+
+    def sample(self) -> float:
+        if self.nvml is None:
+            return 0.0
+        pids = {p.pid for p in _descendants()}
+        used = 0
+        for h in self.handles:
+            try:
+                procs = self.nvml.nvmlDeviceGetComputeRunningProcesses(h)
+            except Exception:  # transient NVML errors: skip this sample
+                continue
+            for proc in procs:
+                if proc.pid in pids and proc.usedGpuMemory:
+                    used += proc.usedGpuMemory
+        return used / 2**20
+
+
+def supervise(spec: dict) -> SupervisorResult:
+    _prctl(PR_SET_CHILD_SUBREAPER, 1)
+    _prctl(PR_SET_PDEATHSIG, signal.SIGTERM)  # the arena died: clean up, then go
+    cancelled = False
+
+    def on_term(signum, frame):  # noqa: ARG001
+        nonlocal cancelled
+        cancelled = True
+
+    signal.signal(signal.SIGTERM, on_term)
+    signal.signal(signal.SIGINT, on_term)
+
+    mem_limit = int(spec["mem_limit_mb"]) * 2**20
+    address_space = bool(spec.get("address_space", True))
+
+    def limits() -> None:
+        if address_space:
+            resource.setrlimit(resource.RLIMIT_AS, (mem_limit, mem_limit))
+        resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+        ctypes.CDLL(None).prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+    gpu = _GpuSampler(bool(spec.get("gpu")))
+    start = time.monotonic()
+    with open(spec["log_path"], "ab", buffering=0) as log_file:
+        try:
+            proc = subprocess.Popen(
+                spec["argv"], cwd=spec["cwd"], env=spec["env"], stdin=subprocess.DEVNULL,
+                stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True,
+                preexec_fn=limits, close_fds=True,
+            )
+        except OSError as exc:
+            return SupervisorResult(None, False, False, cancelled, 0.0, 0.0, 0.0, 0.0, 0,
+                                    error=f"could not start {spec['argv'][0]}: {exc}")
+    pgid = proc.pid
+    wall_limit = float(spec["wall_limit_s"])
+    grace = float(spec.get("term_grace_s", 3.0))
+    returncode: int | None = None
+    timed_out = mem_killed = False
+    tree_peak = gpu_peak = 0.0
+    killing_since: float | None = None
+
+    def signal_group(sig: int) -> None:
+        try:
+            os.killpg(pgid, sig)
+        except ProcessLookupError:
+            pass
+        _kill_all(sig)
+
+    while returncode is None:
+        try:
+            pid, status = os.waitpid(proc.pid, os.WNOHANG)
+        except ChildProcessError:
+            pid, status = proc.pid, 0
+        if pid == proc.pid:
+            returncode = os.waitstatus_to_exitcode(status)
+            break
+        _reap_all()  # orphans re-parented to us
+        tree_peak = max(tree_peak, _tree_rss() / 2**20)
+        gpu_peak = max(gpu_peak, gpu.sample())
+        now = time.monotonic()
+        if killing_since is None:
+            if cancelled:
+                killing_since = now
+            elif now - start > wall_limit:
+                timed_out, killing_since = True, now
+            elif tree_peak * 2**20 > mem_limit:
+                mem_killed, killing_since = True, now
+            if killing_since is not None:
+                signal_group(signal.SIGTERM)
+        elif now - killing_since > grace:
+            signal_group(signal.SIGKILL)
+        time.sleep(TICK_S)
+    proc.returncode = returncode  # we reaped it ourselves
+
+    # The command is gone; nothing it started may outlive it.
+    leftovers = len(_descendants())
+    deadline = time.monotonic() + grace
+    if leftovers:
+        signal_group(signal.SIGTERM)
+        while _descendants() and time.monotonic() < deadline:
+            _reap_all()
+            time.sleep(TICK_S)
+    error = ""
+    deadline = time.monotonic() + 10 * grace
+    while _descendants():
+        if time.monotonic() > deadline:  # e.g. stuck in uninterruptible I/O
+            error = f"{len(_descendants())} descendant(s) survived SIGKILL"
+            break
+        _kill_all(signal.SIGKILL)
+        _reap_all()
+        time.sleep(0.02)
+    _reap_all()
+    wall = time.monotonic() - start
+    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024  # KiB on Linux
+    return SupervisorResult(returncode, timed_out, mem_killed, cancelled, wall, peak, tree_peak,
+                            gpu_peak, leftovers, error)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if len(argv) != 2:
+        print("usage: python -m arena.supervise SPEC.json RESULT.json", file=sys.stderr)
+        return 2
+    spec = json.loads(Path(argv[0]).read_text())
+    result = supervise(spec)
+    tmp = Path(argv[1] + ".tmp")
+    tmp.write_text(json.dumps(asdict(result)))
+    os.replace(tmp, argv[1])
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

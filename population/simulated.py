@@ -1,0 +1,304 @@
+"""A simulated arena and a deterministic proposer: the population loop without training.
+
+Flow: `SimulatedArena` has the methods of `arena.LocalArena` (submit, poll, cancel,
+free_slots, close). For each `RunRequest` it reads `train.py` at the request's commit from
+the run's git repository, parses the module-level knob constants, and reports a noisy
+val_bpb and peak memory from a synthetic landscape (`Landscape`) after an optional
+simulated run time. `KnobProposer` implements the `agents.proposal.Proposer` protocol by
+changing one knob constant, deterministically given the context. Tests, `evolve
+--simulate` and the benchmarks use them; they also show what the real parts must do.
+
+Noise model: on seed s, observed = true + sigma * (rho * z(s) + sqrt(1 - rho^2) * z(file, s)):
+part of a seed's luck is shared by every candidate run on that seed (so paired
+comparisons cancel it), part is idiosyncratic. Identical files on identical seeds give
+identical results.
+
+What it does not do: train, sandbox or measure anything real. Its numbers are
+synthetic and say nothing about a real train.py.
+"""
+
+from __future__ import annotations
+
+import ast
+import hashlib
+import heapq
+import itertools
+import logging
+import math
+import random
+import re
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+from agents.proposal import InvalidEdit, Proposal, ProposalContext
+from arena.records import RunRequest, RunResult, Status
+
+log = logging.getLogger(__name__)
+
+SIM_TRAIN_PY = '''"""Simulated train.py for `evolve --simulate`.
+
+Only the constants below matter: population.simulated scores them on a synthetic,
+noisy landscape. Nothing here trains.
+"""
+
+DEPTH = 4
+N_EMBD = 128
+BATCH_SIZE = 16
+LEARNING_RATE = 0.003
+WARMUP_FRAC = 0.05
+WEIGHT_DECAY = 0.1
+DROPOUT = 0.1
+
+
+def build_model(**kwargs):
+    raise NotImplementedError("simulated train.py: no model")
+
+
+if __name__ == "__main__":
+    print("simulated train.py: scored by population.simulated, nothing to train")
+'''
+
+
+@dataclass(frozen=True)
+class Knob:
+    name: str
+    log_scale: bool
+    integer: bool
+    lo: float
+    hi: float
+
+
+KNOBS: tuple[Knob, ...] = (
+    Knob("DEPTH", False, True, 1, 32),
+    Knob("N_EMBD", True, True, 16, 4096),
+    Knob("BATCH_SIZE", True, True, 1, 1024),
+    Knob("LEARNING_RATE", True, False, 1e-5, 1.0),
+    Knob("WARMUP_FRAC", False, False, 0.0, 0.9),
+    Knob("WEIGHT_DECAY", False, False, 0.0, 1.0),
+    Knob("DROPOUT", False, False, 0.0, 0.9),
+)
+_KNOB = {k.name: k for k in KNOBS}
+_DEFAULTS = {"DEPTH": 4, "N_EMBD": 128, "BATCH_SIZE": 16, "LEARNING_RATE": 0.003,
+             "WARMUP_FRAC": 0.05, "WEIGHT_DECAY": 0.1, "DROPOUT": 0.1}
+
+
+def read_knobs(train_py: str) -> dict[str, float]:
+    """Module-level numeric constants in UPPER_CASE (ints and floats)."""
+    knobs: dict[str, float] = {}
+    for node in ast.parse(train_py).body:
+        if isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name):
+            name = node.targets[0].id
+            if name.isupper():
+                try:
+                    value = ast.literal_eval(node.value)
+                except ValueError:
+                    continue
+                if isinstance(value, (int, float)) and not isinstance(value, bool):
+                    knobs[name] = value
+    return knobs
+
+
+def _gauss(*key: object) -> float:
+    digest = hashlib.sha256(repr(key).encode()).digest()
+    return random.Random(int.from_bytes(digest[:8], "big")).gauss(0.0, 1.0)
+
+
+@dataclass(frozen=True)
+class Landscape:
+    """The synthetic objective. Capacity (DEPTH x N_EMBD^2) trades val_bpb against
+    memory, so the front is a real trade-off; the other knobs have one optimum each."""
+
+    sigma: float = 0.01  # seed-to-seed standard deviation of val_bpb
+    rho: float = 0.7  # share of a seed's luck common to all candidates
+    mem_rel_noise: float = 0.002
+    mem_limit_mb: float = 8000.0  # above this the run "OOMs"
+
+    def true(self, knobs: dict[str, float]) -> tuple[float, float]:
+        k = {**_DEFAULTS, **knobs}
+        depth, width, batch = k["DEPTH"], k["N_EMBD"], k["BATCH_SIZE"]
+        params = 12.0 * depth * width * width
+        cap = math.log2(max(params, 1.0) / (12.0 * 4 * 128 * 128))
+        val = 1.0
+        val += -0.08 * cap + 0.012 * cap * cap
+        val += 0.01 * math.log(max(width / max(depth, 1), 1e-3) / 64.0) ** 2
+        val += 0.04 * math.log(max(k["LEARNING_RATE"], 1e-9) / 0.01) ** 2
+        val += 0.02 * math.log(max(batch, 1) / 32.0) ** 2
+        val += 2.0 * (k["WARMUP_FRAC"] - 0.1) ** 2
+        val += 0.5 * (k["WEIGHT_DECAY"] - 0.05) ** 2
+        val += 0.3 * k["DROPOUT"] ** 2
+        mem = 100.0 + params * 16.0 / 1e6 + batch * depth * width * 256 * 32.0 / 1e6
+        return val, mem
+
+    def observe(self, knobs: dict[str, float], seed: int) -> tuple[float, float]:
+        val, mem = self.true(knobs)
+        ident = tuple(sorted(knobs.items()))
+        z = self.rho * _gauss("seed", seed) + math.sqrt(1 - self.rho**2) * _gauss("run", ident, seed)
+        mem_z = _gauss("mem", ident, seed)
+        return val + self.sigma * z, mem * (1.0 + self.mem_rel_noise * mem_z)
+
+    def failure(self, knobs: dict[str, float]) -> tuple[Status, str] | None:
+        k = {**_DEFAULTS, **knobs}
+        if k["DEPTH"] < 1 or k["N_EMBD"] < 1 or k["BATCH_SIZE"] < 1:
+            return Status.CRASHED, "ValueError: DEPTH, N_EMBD and BATCH_SIZE must be positive"
+        if k["LEARNING_RATE"] > 0.1:
+            return Status.NAN, "loss became nan at step 12 (learning rate too high)"
+        if self.true(knobs)[1] > self.mem_limit_mb:
+            return Status.OOM, f"out of memory (simulated limit {self.mem_limit_mb:.0f} MB)"
+        return None
+
+
+class ArenaClosed(Exception):
+    """The arena was closed."""
+
+
+class ArenaFull(Exception):
+    """submit() with no free slot."""
+
+
+@dataclass(order=True)
+class _Pending:
+    ready_at: float
+    order: int
+    result: RunResult = field(compare=False)
+
+
+class SimulatedArena:
+    """Same methods as `arena.LocalArena`; scores train.py knobs on a `Landscape`.
+
+    `read_train_py(commit)` fetches the candidate's file (from the run's git repository);
+    `run_seconds` is how long a simulated run occupies its slot."""
+
+    def __init__(self, read_train_py: Callable[[str], str], slots: int = 2,
+                 landscape: Landscape | None = None, run_seconds: float = 0.0,
+                 device_type: str = "sim", device_name: str = "simulated"):
+        if slots < 1:
+            raise ValueError("slots must be at least 1")
+        self.read_train_py = read_train_py
+        self.slots = slots
+        self.landscape = landscape or Landscape()
+        self.run_seconds = run_seconds
+        self.device_type = device_type
+        self.device_name = device_name
+        self._pending: list[_Pending] = []
+        self._order = itertools.count()
+        self._closed = False
+        self._files: dict[str, str] = {}
+        self.submitted = 0
+
+    def free_slots(self) -> int:
+        return 0 if self._closed else self.slots - len(self._pending)
+
+    def submit(self, req: RunRequest) -> None:
+        if self._closed:
+            raise ArenaClosed("the simulated arena is closed")
+        if self.free_slots() <= 0:
+            raise ArenaFull(f"no free slot for {req.candidate_id} seed {req.seed}")
+        if req.commit not in self._files:
+            self._files[req.commit] = self.read_train_py(req.commit)
+        result = self._score(req, self._files[req.commit])
+        self.submitted += 1
+        heapq.heappush(self._pending, _Pending(time.monotonic() + self.run_seconds, next(self._order), result))
+
+    def _score(self, req: RunRequest, train_py: str) -> RunResult:
+        base = dict(candidate_id=req.candidate_id, commit=req.commit, seed=req.seed,
+                    device_type=self.device_type, device_name=self.device_name)
+        try:
+            knobs = read_knobs(train_py)
+        except SyntaxError as exc:
+            return RunResult(status=Status.CRASHED, message=f"SyntaxError: {exc}", **base)
+        failed = self.landscape.failure(knobs)
+        if failed is not None:
+            return RunResult(status=failed[0], message=failed[1], **base)
+        val, mem = self.landscape.observe(knobs, req.seed)
+        return RunResult(
+            status=Status.EVALUATED, val_bpb=val, test_bpb=val + 0.002, peak_mem_mb=mem,
+            training_seconds=req.budget_s, wall_seconds=self.run_seconds,
+            claimed={"val_bpb": val}, **base,
+        )
+
+    def poll(self, timeout: float = 0.0) -> list[RunResult]:
+        if self._closed:
+            return []
+        now = time.monotonic()
+        if self._pending and self._pending[0].ready_at > now and timeout > 0:
+            time.sleep(min(timeout, self._pending[0].ready_at - now))
+        elif not self._pending and timeout > 0:
+            time.sleep(timeout)
+        now = time.monotonic()
+        out = []
+        while self._pending and self._pending[0].ready_at <= now:
+            out.append(heapq.heappop(self._pending).result)
+        return out
+
+    def cancel(self, candidate_id: str) -> int:
+        before = len(self._pending)
+        self._pending = [p for p in self._pending if p.result.candidate_id != candidate_id]
+        heapq.heapify(self._pending)
+        return before - len(self._pending)
+
+    def close(self) -> None:
+        self._pending.clear()
+        self._closed = True
+
+
+PERSONA_STEP = {"explorer": 1.0, "tuner": 0.35}
+
+
+class KnobProposer:
+    """Changes one known knob constant of the parent's train.py. The choice is a pure
+    function of (parent commit, persona, hypotheses already tried), so a resumed run gets
+    the same proposals. Persona "explorer" takes large steps, "tuner" small ones."""
+
+    def __init__(self, delay_s: float = 0.0, model: str = "deterministic-knobs"):
+        self.delay_s = delay_s
+        self.model = model
+
+    def propose(self, ctx: ProposalContext) -> Proposal | InvalidEdit:
+        if self.delay_s:
+            time.sleep(self.delay_s)
+        try:
+            knobs = read_knobs(ctx.parent_train_py)
+        except SyntaxError as exc:
+            return InvalidEdit(ctx.parent_commit, ctx.persona, self.model, f"parent does not parse: {exc}")
+        names = [k.name for k in KNOBS if k.name in knobs]
+        if not names:
+            return InvalidEdit(ctx.parent_commit, ctx.persona, self.model, "no known knob constant in train.py")
+        key = "\n".join([ctx.parent_commit, ctx.persona, *ctx.tried])
+        rng = random.Random(int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "big"))
+        step = PERSONA_STEP.get(ctx.persona, 0.6)
+        for _ in range(20):
+            knob = _KNOB[rng.choice(names)]
+            old = knobs[knob.name]
+            new = _mutate(knob, old, step, rng)
+            if new != old:
+                break
+        else:
+            return InvalidEdit(ctx.parent_commit, ctx.persona, self.model, "no knob change found")
+        text = set_knob(ctx.parent_train_py, knob.name, new)
+        return Proposal(
+            parent_commit=ctx.parent_commit, persona=ctx.persona, model=self.model,
+            hypothesis=f"{knob.name} {old!r} -> {new!r}", train_py=text, edit_format="knobs",
+        )
+
+
+def _mutate(knob: Knob, old: float, step: float, rng: random.Random) -> float:
+    if knob.log_scale:
+        new = float(old) * math.exp(rng.gauss(0.0, 0.5 * step))
+    elif knob.integer:
+        new = float(old) + rng.choice([-1, 1]) * max(1, round(abs(rng.gauss(0.0, 2.0 * step))))
+    else:
+        new = float(old) + rng.gauss(0.0, 0.1 * step)
+    new = min(max(new, knob.lo), knob.hi)
+    if knob.integer:
+        return int(round(new))
+    return float(f"{new:.4g}")
+
+
+def set_knob(train_py: str, name: str, value: float) -> str:
+    """Replace the value of a module-level `NAME = value` line, keeping any comment."""
+    pattern = re.compile(rf"^({re.escape(name)}\s*=\s*)([^#\n]*?)(\s*(#.*)?)$", re.MULTILINE)
+    text, n = pattern.subn(lambda m: f"{m.group(1)}{value!r}{m.group(3)}", train_py, count=1)
+    if n != 1:
+        raise ValueError(f"no line '{name} = ...' in train.py")
+    return text

@@ -16,6 +16,7 @@ is `arena.guards`), or run anything.
 
 from __future__ import annotations
 
+import functools
 import logging
 import shutil
 import tempfile
@@ -23,7 +24,7 @@ import threading
 import uuid
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import git
 
@@ -41,6 +42,15 @@ AUTHOR_ENV = {
 }
 
 
+def _locked(method: Callable) -> Callable:
+    @functools.wraps(method)
+    def wrapper(self, *args, **kwargs):
+        with self._lock:
+            return method(self, *args, **kwargs)
+
+    return wrapper
+
+
 class RepoError(RuntimeError):
     """A git operation on the experiment repository failed (message says which)."""
 
@@ -51,7 +61,9 @@ class ExperimentRepo:
     def __init__(self, run_dir: Path, repo: git.Repo) -> None:
         self.run_dir = Path(run_dir)
         self._repo = repo
-        self._lock = threading.Lock()  # worktree add/remove touch shared git metadata
+        # GitPython's object database (a persistent `git cat-file --batch`) and
+        # worktree metadata are shared state: one thread at a time.
+        self._lock = threading.RLock()
 
     # ---- opening -------------------------------------------------------------------
 
@@ -93,12 +105,14 @@ class ExperimentRepo:
     # ---- reading -------------------------------------------------------------------
 
     @property
+    @_locked
     def root_commit(self) -> str:
         roots = self._repo.git.rev_list("--max-parents=0", "main").split()
         if len(roots) != 1:
             raise RepoError(f"expected one root commit on main, found {len(roots)}")
         return roots[0]
 
+    @_locked
     def resolve(self, commit: str) -> str:
         """Full sha of `commit`; RepoError when it does not name a commit."""
         try:
@@ -106,19 +120,23 @@ class ExperimentRepo:
         except git.GitCommandError as exc:
             raise RepoError(f"unknown commit {commit!r}") from exc
 
+    @_locked
     def read_file(self, commit: str, path: str) -> str:
         try:
             return self._repo.git.show(f"{commit}:{path}", strip_newline_in_stdout=False)
         except git.GitCommandError as exc:
             raise RepoError(f"{path} not found in commit {commit[:10]}") from exc
 
+    @_locked
     def read_bytes(self, commit: str, path: str) -> bytes:
         blob = self._repo.commit(commit).tree / path
         return blob.data_stream.read()
 
+    @_locked
     def parents(self, commit: str) -> list[str]:
         return [p.hexsha for p in self._repo.commit(commit).parents]
 
+    @_locked
     def changed_files(self, commit: str) -> dict[str, list[str]]:
         """Paths that differ between `commit` and each of its parents (key: parent sha)."""
         out: dict[str, list[str]] = {}
@@ -127,12 +145,15 @@ class ExperimentRepo:
             out[parent] = [n for n in names.splitlines() if n]
         return out
 
+    @_locked
     def tree_files(self, commit: str) -> list[str]:
         return [n for n in self._repo.git.ls_tree("-r", "--name-only", commit).splitlines() if n]
 
+    @_locked
     def message(self, commit: str) -> str:
         return str(self._repo.commit(commit).message)
 
+    @_locked
     def lineage(self, commit: str) -> list[str]:
         """Ancestors of `commit`, newest first, the commit itself included (all parents
         of a merge are followed)."""
@@ -140,17 +161,20 @@ class ExperimentRepo:
 
     # ---- writing -------------------------------------------------------------------
 
+    @_locked
     def commit_candidate(self, parent: str, train_py: str, message: str) -> str:
         """A new commit whose only parent is `parent` and whose train.py is `train_py`;
         every other file is the parent's. Returns the new sha."""
         parent = self.resolve(parent)
         return self._commit_tree([parent], {"train.py": train_py}, message)
 
+    @_locked
     def commit_files(self, parents: list[str], files: dict[str, str], message: str) -> str:
         """Low-level: a commit with `files` replaced on top of the first parent's tree.
         Used by tests and the guards' fixtures to build arbitrary diffs."""
         return self._commit_tree([self.resolve(p) for p in parents], files, message)
 
+    @_locked
     def merge(self, commit_a: str, commit_b: str, message: str) -> str | None:
         """A crossover: a merge commit with parents `commit_a` and `commit_b`, or None
         when git cannot merge them without conflicts."""
@@ -166,17 +190,19 @@ class ExperimentRepo:
         self._keep(sha)
         return sha
 
+    @_locked
     def annotate(self, commit: str, text: str) -> None:
         """Attach (or append to) the measured metrics as a git note on `commit`."""
-        with self._lock:
-            self._repo.git.notes("--ref", NOTES_REF, "append", "-m", text, commit, env=AUTHOR_ENV)
+        self._repo.git.notes("--ref", NOTES_REF, "append", "-m", text, commit, env=AUTHOR_ENV)
 
+    @_locked
     def note(self, commit: str) -> str:
         try:
             return self._repo.git.notes("--ref", NOTES_REF, "show", commit)
         except git.GitCommandError:
             return ""
 
+    @_locked
     def _commit_tree(self, parents: list[str], files: dict[str, str], message: str) -> str:
         with tempfile.TemporaryDirectory(prefix="evolve-index-") as tmp:
             env = dict(AUTHOR_ENV, GIT_INDEX_FILE=str(Path(tmp) / "index"))
@@ -195,6 +221,7 @@ class ExperimentRepo:
         self._keep(sha)
         return sha
 
+    @_locked
     def _keep(self, sha: str) -> None:
         self._repo.git.update_ref(f"refs/evolve/{sha}", sha)
 
@@ -231,6 +258,7 @@ class ExperimentRepo:
         finally:
             self.remove_worktree(path)
 
+    @_locked
     def list_worktrees(self) -> list[Path]:
         out = self._repo.git.worktree("list", "--porcelain")
         paths = [Path(line.split(" ", 1)[1]) for line in out.splitlines() if line.startswith("worktree ")]

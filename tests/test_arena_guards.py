@@ -1,0 +1,79 @@
+"""Guards before any run: only train.py, harness intact, compiles, no no-ops or duplicates."""
+
+from arena.guards import check, check_safety, is_secret_name, normalized_hash, scrub_env
+from arena.records import Status
+from arena_helpers import TINY_TRAIN, make_repo
+
+
+def _repo(tmp_path):
+    return make_repo(tmp_path / "run")
+
+
+def test_a_real_change_passes(tmp_path):
+    repo = _repo(tmp_path)
+    c = repo.commit_candidate(repo.root_commit, TINY_TRAIN.replace("DIM = 32", "DIM = 24"), "x")
+    v = check(repo, c, set())
+    assert v.ok and v.status is Status.PROPOSED
+    assert v.normalized_diff_hash == normalized_hash(repo.read_file(c, "train.py"))
+
+
+def test_diff_touching_another_file_is_refused(tmp_path):
+    repo = _repo(tmp_path)
+    c = repo.commit_files([repo.root_commit], {"train.py": TINY_TRAIN.replace("DIM = 32", "DIM = 24"),
+                                               "program.md": "be greedy\n"}, "x")
+    v = check(repo, c, set())
+    assert not v.ok and v.status is Status.GUARD_REFUSED
+    assert v.message == "the diff changes program.md besides train.py; only train.py may change"
+
+
+def test_added_file_is_refused(tmp_path):
+    repo = _repo(tmp_path)
+    c = repo.commit_files([repo.root_commit], {"helper.py": "x = 1\n"}, "x")
+    assert "helper.py" in check_safety(repo, c).message
+
+
+def test_changed_harness_is_refused_even_two_generations_later(tmp_path):
+    repo = _repo(tmp_path)
+    bad = repo.commit_files([repo.root_commit], {"prepare.py": "SEQ_LEN = 1\n"}, "tamper")
+    child = repo.commit_candidate(bad, TINY_TRAIN.replace("DIM = 32", "DIM = 24"), "innocent child")
+    v = check(repo, child, set())
+    assert not v.ok and "prepare.py differs from the root commit" in v.message
+
+
+def test_file_that_does_not_compile_is_refused_with_the_line(tmp_path):
+    repo = _repo(tmp_path)
+    c = repo.commit_candidate(repo.root_commit, TINY_TRAIN + "\ndef broken(:\n", "x")
+    v = check(repo, c, set())
+    assert not v.ok and v.message.startswith("train.py does not compile (line")
+
+
+def test_comment_only_change_is_a_no_op(tmp_path):
+    repo = _repo(tmp_path)
+    c = repo.commit_candidate(repo.root_commit, "# a comment\n" + TINY_TRAIN.replace("DIM = 32", "DIM = 32  # same"), "x")
+    v = check(repo, c, set())
+    assert not v.ok and v.message.startswith("no-op")
+
+
+def test_duplicate_is_refused(tmp_path):
+    repo = _repo(tmp_path)
+    a = repo.commit_candidate(repo.root_commit, TINY_TRAIN.replace("DIM = 32", "DIM = 24"), "a")
+    seen = {check(repo, a, set()).normalized_diff_hash}
+    b = repo.commit_candidate(repo.root_commit, TINY_TRAIN.replace("DIM = 32", "DIM = 24   # again"), "b")
+    v = check(repo, b, seen)
+    assert not v.ok and v.message.startswith("duplicate")
+
+
+def test_root_is_not_a_candidate_but_may_run(tmp_path):
+    repo = _repo(tmp_path)
+    assert not check(repo, repo.root_commit, set()).ok
+    assert check_safety(repo, repo.root_commit).ok
+
+
+def test_credentials_are_scrubbed():
+    env = {"PATH": "/usr/bin", "LANG": "C.UTF-8", "OPENAI_API_KEY": "sk-1", "GITHUB_TOKEN": "g",
+           "AWS_SECRET_ACCESS_KEY": "a", "AWS_ACCESS_KEY_ID": "b", "HF_TOKEN": "h",
+           "ANTHROPIC_API_KEY": "c", "MY_PASSWORD": "p", "HOME": "/root", "PYTHONPATH": "/x",
+           "LD_PRELOAD": "/evil.so", "SSH_AUTH_SOCK": "/tmp/agent"}
+    assert scrub_env(env) == {"PATH": "/usr/bin", "LANG": "C.UTF-8"}
+    assert is_secret_name("OPENAI_API_KEY") and is_secret_name("GOOGLE_APPLICATION_CREDENTIALS")
+    assert not is_secret_name("PATH")

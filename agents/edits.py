@@ -189,7 +189,7 @@ def _apply_one(source: str, block: SearchReplaceBlock) -> str:
 def apply_search_replace(source: str, blocks: list[SearchReplaceBlock]) -> str:
     """Apply blocks in order; raises EditError naming the first block that fails."""
     for b in blocks:
-        if b.filename and b.filename.replace("\\", "/").split("/")[-1] != TARGET_FILE:
+        if b.filename and b.filename.replace("\\", "/").removeprefix("./") != TARGET_FILE:
             raise EditError(f"{b.label()} edits {b.filename}; only {TARGET_FILE} may be edited", b.index)
     for b in blocks:
         source = _apply_one(source, b)
@@ -394,7 +394,7 @@ def _render_value(knob: Knob, value: object) -> str:
         expr = value.strip()
         try:
             tree = ast.parse(expr, mode="eval")
-        except SyntaxError:
+        except (SyntaxError, ValueError, RecursionError, MemoryError):
             raise EditError(f"{knob.name} value {value[:60]!r} is not a Python expression") from None
         if not _safe_value(tree.body) or "\n" in expr or len(expr) > 200:
             raise EditError(
@@ -440,7 +440,8 @@ def validate_train_py(parent: str, child: str) -> None:
         compile(child, TARGET_FILE, "exec", dont_inherit=True)
         tree = ast.parse(child)
     except SyntaxError as e:
-        raise EditError(f"the new {TARGET_FILE} does not compile: {e.msg} (line {e.lineno})") from None
+        where = f" (line {e.lineno})" if e.lineno else ""
+        raise EditError(f"the new {TARGET_FILE} does not compile: {e.msg}{where}") from None
     except (ValueError, RecursionError, MemoryError) as e:
         raise EditError(f"the new {TARGET_FILE} does not compile: {type(e).__name__}") from None
     if not any(isinstance(n, ast.FunctionDef) and n.name == "build_model" for n in tree.body):

@@ -192,7 +192,8 @@ def load_personas(config: dict | None = None) -> dict[str, Persona]:
     for key, val in (("model", default_model), ("api_base", default_base)):
         if val is not None and (not isinstance(val, str) or not val.strip()):
             raise PersonaConfigError(f"top-level {key} must be a non-empty string")
-    table = config.get("personas", {}) or {}
+    table = config.get("personas")
+    table = {} if table is None else table
     if not isinstance(table, dict):
         raise PersonaConfigError(f"personas must be a table, got {type(table).__name__}")
     personas = dict(DEFAULT_PERSONAS)

@@ -5,7 +5,7 @@ the whole LLM path (litellm, HTTP, retries, the proposer's parsing) runs for rea
 without a model. A script entry is a reply text, or a `ScriptedError` (an HTTP status
 with an error body, e.g. 429 or 500), or a callable ``(request_json) -> entry``. When
 the script runs out, the last entry is repeated. Every request body is kept in
-`requests`. Usage::
+`requests`, its Authorization header in `authorizations`. Usage::
 
     with ScriptedLLMServer(["HYPOTHESIS: ...", ScriptedError(429)]) as srv:
         litellm.completion(model="openai/scripted", api_base=srv.api_base, api_key="x", ...)
@@ -43,6 +43,7 @@ class ScriptedLLMServer:
         self.model = model
         self.delay_s = delay_s
         self.requests: list[dict] = []
+        self.authorizations: list[str] = []  # the Authorization header of each request
         self._lock = threading.Lock()
         self._httpd: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
@@ -75,8 +76,11 @@ class ScriptedLLMServer:
                 self.send_header("Content-Length", str(len(data)))
                 for k, v in (headers or {}).items():
                     self.send_header(k, v)
-                self.end_headers()
-                self.wfile.write(data)
+                try:
+                    self.end_headers()
+                    self.wfile.write(data)
+                except (BrokenPipeError, ConnectionResetError):  # the client gave up (a timeout test)
+                    return
 
             def do_GET(self) -> None:
                 if self.path.rstrip("/") in ("/health", "/v1/models", "/models"):
@@ -95,6 +99,8 @@ class ScriptedLLMServer:
                 except json.JSONDecodeError:
                     self._send(400, {"error": {"message": "invalid JSON", "type": "invalid_request_error"}})
                     return
+                with server._lock:
+                    server.authorizations.append(self.headers.get("Authorization", ""))
                 entry = server._next(body)
                 if server.delay_s:
                     time.sleep(server.delay_s)

@@ -114,11 +114,12 @@ def detect_slots(devices: str | None = None, cpu_slots: int | None = None,
                 except ValueError:
                     raise ValueError(f"--devices {devices!r}: write cpu:N with N a number") from None
         else:
-            found = dict(cuda_devices())
-            slots = []
             for item in items:
                 if not item.isdigit():
                     raise ValueError(f"--devices {devices!r}: {item!r} is not a GPU index")
+            found = dict(cuda_devices())
+            slots = []
+            for item in items:
                 index = int(item)
                 if index not in found:
                     raise ValueError(f"--devices {devices!r}: no CUDA device {index} "

@@ -1,0 +1,104 @@
+"""LocalArena: concurrent slots, determinism, cancel, and the evaluator's entry point."""
+
+import json
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+
+from arena.devices import Slot, cpu_name, detect_slots
+from arena.local import LocalArena
+from arena.records import RunRequest, Status
+from arena_helpers import ROOT, TINY_TRAIN, build_cache, make_repo, survivors
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("local")
+    data_dir = build_cache(tmp / "data")
+    repo = make_repo(tmp / "run")
+    return repo, data_dir
+
+
+def collect(arena, n, timeout=300):
+    got, deadline = [], time.monotonic() + timeout
+    while len(got) < n and time.monotonic() < deadline:
+        got += arena.poll(1.0)
+    assert len(got) == n, f"only {len(got)} of {n} results"
+    return {(r.candidate_id, r.seed): r for r in got}
+
+
+@pytest.mark.slow
+def test_two_slots_at_once_give_the_same_results_as_one_after_the_other(world):
+    repo, data_dir = world
+    a = repo.commit_candidate(repo.root_commit, TINY_TRAIN.replace("DIM = 32", "DIM = 24"), "a")
+    requests = [RunRequest("root", repo.root_commit, 3, 5.0), RunRequest("a", a, 3, 5.0)]
+    with LocalArena(repo, data_dir, detect_slots("cpu:2"), mem_limit_mb=3000) as arena:
+        assert arena.free_slots() == 2
+        for r in requests:
+            arena.submit(r)
+        parallel = collect(arena, 2)
+    one = [Slot("cpu:0", "cpu", cpu_name(), None, 1)]
+    with LocalArena(repo, data_dir, one, mem_limit_mb=3000) as arena:
+        for r in requests:
+            arena.submit(r)
+        assert arena.free_slots() == 0
+        serial = collect(arena, 2)
+    for key in parallel:
+        p, s = parallel[key], serial[key]
+        assert p.status is Status.EVALUATED and s.status is Status.EVALUATED, (p.message, s.message)
+        assert p.val_bpb == s.val_bpb and p.test_bpb == s.test_bpb
+        assert p.device_type == "cpu" and p.device_name == cpu_name()
+    assert parallel[("root", 3)].val_bpb != parallel[("a", 3)].val_bpb
+
+
+def test_cancel_stops_queued_and_running_runs(world):
+    repo, data_dir = world
+    sleeper = repo.commit_candidate(repo.root_commit, "import time\nwhile True:\n    time.sleep(1)\n", "sleeper")
+    with LocalArena(repo, data_dir, detect_slots("cpu:1"), mem_limit_mb=2048) as arena:
+        arena.submit(RunRequest("sleeper", sleeper, 0, 60.0))
+        arena.submit(RunRequest("sleeper", sleeper, 1, 60.0))
+        time.sleep(1.5)  # the first is running, the second queued
+        assert arena.busy() == 2
+        assert arena.cancel("sleeper") == 2
+        results = collect(arena, 2, timeout=60)
+    for r in results.values():
+        assert r.status is Status.PROPOSED and "cancelled" in r.message
+    assert survivors(repo.run_dir) == []
+    assert repo.list_worktrees() == []
+
+
+def test_bad_input_is_a_one_line_error(world, tmp_path):
+    repo, data_dir = world
+    with pytest.raises(ValueError, match="no prepared data at .*run `python prepare.py`"):
+        LocalArena(repo, tmp_path, detect_slots("cpu:1"))
+    with LocalArena(repo, data_dir, detect_slots("cpu:1"), mem_limit_mb=2048) as arena:
+        with pytest.raises(ValueError, match="budget_s must be positive"):
+            arena.submit(RunRequest("x", repo.root_commit, 0, 0.0))
+        arena.submit(RunRequest("x", "0" * 40, 0, 1.0))
+        [r] = arena.poll(30)
+    assert r.status is Status.GUARD_REFUSED and "unknown commit" in r.message
+
+
+def test_evaluator_entry_point_scores_a_trained_checkpoint(world, tmp_path):
+    """`python -m arena.evaluate` on a worktree trained by hand (no arena around it)."""
+    repo, data_dir = world
+    out = tmp_path / "out"
+    with repo.worktree(repo.root_commit) as wt:
+        env = dict(os.environ, EVOLVE_BUDGET_S="2", EVOLVE_SEED="0", EVOLVE_DEVICE="cpu",
+                   EVOLVE_OUT=str(out), EVOLVE_DATA=str(data_dir), EVOLVE_THREADS="1")
+        subprocess.run([sys.executable, "train.py"], cwd=wt, env=env, check=True, capture_output=True)
+        result = tmp_path / "result.json"
+        proc = subprocess.run(
+            [sys.executable, "-m", "arena.evaluate", "--worktree", str(wt), "--out", str(out),
+             "--data", str(data_dir), "--prepare", str(ROOT / "prepare.py"), "--result", str(result),
+             "--mem-limit-mb", "3000"],
+            cwd=ROOT, capture_output=True, text=True, timeout=120,
+        )
+    assert proc.returncode == 0, proc.stderr
+    res = json.loads(result.read_text())
+    assert res["status"] == "evaluated" and res["probe"]["ok"] is True
+    assert 0 < res["val_bpb"] < 8 and 0 < res["test_bpb"] < 8
+    assert res["val_spot_checks"] >= 1 and res["test_spot_checks"] >= 1

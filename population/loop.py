@@ -124,6 +124,7 @@ class GenerationLoop:
         self._evals: dict[str, dict[int, Evaluation]] = {}
         self._inflight: dict[tuple[str, int], tuple[int, int]] = {}  # (candidate, seed) -> (evaluation id, tag)
         self._meta: dict[str, Any] = {}
+        self._paired_cache: dict[tuple, noise.PairedResult] = {}
         self._proposing: dict[str, Future] = {}
         self._llm_calls: queue.Queue[LLMCall] = queue.Queue()
         self._local = threading.local()
@@ -260,7 +261,12 @@ class GenerationLoop:
 
     def _paired(self, child_seeds: dict[int, tuple[float, float]], parent_id: str) -> noise.PairedResult:
         parent = self._measurements(parent_id)
-        return noise.paired_comparison(child_seeds, parent, self._eps(), self._mem_margin(parent_id))
+        key = (tuple(sorted(child_seeds.items())), tuple(sorted((s, parent[s]) for s in child_seeds if s in parent)))
+        hit = self._paired_cache.get(key)
+        if hit is None:
+            hit = noise.paired_comparison(child_seeds, parent, self._eps(), self._mem_margin(parent_id))
+            self._paired_cache[key] = hit
+        return hit
 
     def _eps(self) -> tuple[float, float]:
         eps = self._get_meta("epsilon")
@@ -445,9 +451,15 @@ class GenerationLoop:
             self._proposing[c.id] = self._pool.submit(self._propose_job, c.id, ctx)
 
     def _collect_proposals(self) -> None:
-        for cid, fut in list(self._proposing.items()):
-            if not fut.done():
+        """Commit finished proposals in plan order (gen, idx), so that the duplicate
+        check sees the same earlier candidates whatever order the proposers finished in."""
+        for c in sorted(self._cands.values(), key=lambda c: (c.generation, c.idx)):
+            if c.id == ROOT_ID or c.status != Status.PROPOSED or c.commit is not None:
                 continue
+            fut = self._proposing.get(c.id)
+            if fut is None or not fut.done():
+                return
+            cid = c.id
             del self._proposing[cid]
             answer = fut.result()  # a proposer's configuration error stops the run here
             self._drain_llm_calls()
@@ -469,11 +481,10 @@ class GenerationLoop:
             self._refresh(cid)
 
     def _guard(self, c: Candidate) -> None:
-        known = set(self.store.get_meta("known_hashes") or [])
+        known = set(self._get_meta("known_hashes") or [])
         ok, message, digest = self.guard(self.repo, c.commit or "", known)
         if digest:
-            self.store.set_meta("known_hashes", sorted(known | {digest}))
-        self.store.set_meta(f"guard:{c.id}", {"ok": ok, "message": message, "hash": digest})
+            self._set_meta("known_hashes", sorted(known | {digest}))
         if not ok:
             self.store.set_status(c.id, Status.GUARD_REFUSED, message)
             self._event("guard_refused", f"{c.id} ({c.persona}): {message}", c.generation, c.id)

@@ -247,7 +247,7 @@ PERSONA_STEP = {"explorer": 1.0, "tuner": 0.35}
 
 class KnobProposer:
     """Changes one known knob constant of the parent's train.py. The choice is a pure
-    function of (parent commit, persona, hypotheses already tried), so a resumed run gets
+    function of (parent's train.py, persona, hypotheses already tried), so a resumed run gets
     the same proposals. Persona "explorer" takes large steps, "tuner" small ones."""
 
     def __init__(self, delay_s: float = 0.0, model: str = "deterministic-knobs"):
@@ -264,7 +264,7 @@ class KnobProposer:
         names = [k.name for k in KNOBS if k.name in knobs]
         if not names:
             return InvalidEdit(ctx.parent_commit, ctx.persona, self.model, "no known knob constant in train.py")
-        key = "\n".join([ctx.parent_commit, ctx.persona, *ctx.tried])
+        key = "\n".join([ctx.parent_train_py, ctx.persona, *ctx.tried])
         rng = random.Random(int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "big"))
         step = PERSONA_STEP.get(ctx.persona, 0.6)
         for _ in range(20):
@@ -302,3 +302,38 @@ def set_knob(train_py: str, name: str, value: float) -> str:
     if n != 1:
         raise ValueError(f"no line '{name} = ...' in train.py")
     return text
+
+
+def prepare_py_text() -> str:
+    """The harness file a run's root commit holds (read, never imported)."""
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.find_spec("prepare")
+    if spec is None or spec.origin is None:
+        raise FileNotFoundError("prepare.py is not importable from here")
+    return Path(spec.origin).read_text(encoding="utf-8")
+
+
+def simulated_loop(run_dir, config, *, slots: int = 2, sigma: float = 0.01, run_seconds: float = 0.0,
+                   proposer=None, personas: list[str] | None = None, program_md: str = "", on_event=None):
+    """Build (or reopen) a simulated run in `run_dir`: real git repository, real store,
+    simulated arena, deterministic proposer unless one is given. Returns
+    (loop, store, repo, arena); the caller closes store and arena."""
+    from pathlib import Path
+
+    from arena.repo import ExperimentRepo
+    from population.loop import GenerationLoop
+    from population.store import Store, store_path
+
+    run_dir = Path(run_dir)
+    if (run_dir / ".git").exists():
+        repo = ExperimentRepo.open(run_dir)
+    else:
+        repo = ExperimentRepo.create(run_dir, SIM_TRAIN_PY, prepare_py_text(), program_md or "+++\n+++\n")
+    store = Store.open(store_path(run_dir))
+    arena = SimulatedArena(lambda c: repo.read_file(c, "train.py"), slots=slots,
+                           landscape=Landscape(sigma=sigma), run_seconds=run_seconds)
+    loop = GenerationLoop(store, repo, arena, proposer or KnobProposer(), config,
+                          personas or ["explorer", "tuner"], slots=slots, on_event=on_event)
+    return loop, store, repo, arena

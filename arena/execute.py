@@ -70,14 +70,14 @@ def note_text(result: RunResult) -> str:
 
 def execute_run(request: RunRequest, repo: ExperimentRepo, data_dir: Path, trusted_prepare: Path,
                 slot: Slot, config: ArenaConfig, logs_dir: Path,
-                handle: RunHandle | None = None) -> RunResult:
+                handle: RunHandle | None = None, name: str | None = None) -> RunResult:
     t0 = time.monotonic()
     base = dict(candidate_id=request.candidate_id, commit=request.commit, seed=request.seed,
                 device_type=slot.device_type, device_name=slot.device_name)
     verdict = check_safety(repo, request.commit)
     if not verdict.ok:
         return RunResult(status=Status.GUARD_REFUSED, message=verdict.message, **base)
-    name = run_name(request)
+    name = name or run_name(request)
     log_path = logs_dir / f"{name}.log"
     out_dir = repo.run_dir / "out" / name
     worktree: Path | None = None

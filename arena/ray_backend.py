@@ -17,11 +17,13 @@ What it does not do: start or size the cluster (call `ray.init` first).
 from __future__ import annotations
 
 import logging
+import shutil
 import threading
+import time
 from pathlib import Path
 
 from arena.devices import Slot, cpu_name, detect_slots
-from arena.execute import ArenaConfig, execute_run
+from arena.execute import ArenaConfig, execute_run, run_name
 from arena.local import check_data_dir
 from arena.records import RunRequest, RunResult, Status
 from arena.repo import ExperimentRepo
@@ -32,7 +34,7 @@ log = logging.getLogger(__name__)
 
 
 def _task(request: RunRequest, run_dir: str, data_dir: str, prepare_text: bytes, device_type: str,
-          threads: int, config: ArenaConfig, logs_dir: str) -> RunResult:
+          threads: int, config: ArenaConfig, logs_dir: str, name: str) -> RunResult:
     """Body of one Ray task (runs on a worker node)."""
     import tempfile
 
@@ -55,7 +57,7 @@ def _task(request: RunRequest, run_dir: str, data_dir: str, prepare_text: bytes,
 
         def work() -> None:
             box.append(execute_run(request, repo, Path(data_dir), prepare, slot, config,
-                                   Path(logs_dir), handle))
+                                   Path(logs_dir), handle, name))
 
         worker = threading.Thread(target=work, daemon=True)
         worker.start()
@@ -111,10 +113,11 @@ class RayArena:
         with self._lock:
             if self._closed:
                 raise RuntimeError("the arena is closed")
+            name = run_name(request)
             ref = self._remote.remote(request, str(self.repo.run_dir), str(self.data_dir),
                                       self._prepare, self.device_type, self.slots[0].threads,
-                                      self.config, str(self.logs_dir))
-            self._inflight[ref] = request
+                                      self.config, str(self.logs_dir), name)
+            self._inflight[ref] = (request, name)
 
     def poll(self, timeout: float | None = 0.0) -> list[RunResult]:
         import ray
@@ -130,18 +133,19 @@ class RayArena:
             ready, _ = ray.wait(refs, num_returns=len(refs), timeout=0)
         for ref in ready:
             with self._lock:
-                request = self._inflight.pop(ref, None)
-            if request is None:
+                entry = self._inflight.pop(ref, None)
+            if entry is None:
                 continue
-            out.append(self._result(ref, request))
+            out.append(self._result(ref, *entry))
         return out
 
-    def _result(self, ref, request: RunRequest) -> RunResult:
+    def _result(self, ref, request: RunRequest, name: str) -> RunResult:
         import ray
 
         try:
             return ray.get(ref)
         except (ray.exceptions.TaskCancelledError, ray.exceptions.WorkerCrashedError):
+            self._cleanup(name)
             return RunResult(candidate_id=request.candidate_id, commit=request.commit, seed=request.seed,
                              status=Status.PROPOSED, message="cancelled by the arena; not measured")
         except ray.exceptions.RayError as exc:
@@ -149,11 +153,23 @@ class RayArena:
             return RunResult(candidate_id=request.candidate_id, commit=request.commit, seed=request.seed,
                              status=Status.PROPOSED, message=f"arena error (not measured): {exc}")
 
+    def _cleanup(self, name: str, wait_s: float = 15.0) -> None:
+        """Ray reports a cancelled task at once; give the task's own cleanup (its
+        supervisor kills the tree, then the worktree goes) time, then finish it here."""
+        path = self.repo.worktrees_dir / name
+        deadline = time.monotonic() + wait_s
+        while path.exists() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        if path.exists():
+            log.warning("removing the worktree of cancelled run %s", name)
+            self.repo.remove_worktree(path)
+        shutil.rmtree(self.repo.run_dir / "out" / name, ignore_errors=True)
+
     def cancel(self, candidate_id: str) -> int:
         import ray
 
         with self._lock:
-            refs = [r for r, req in self._inflight.items() if req.candidate_id == candidate_id]
+            refs = [r for r, (req, _) in self._inflight.items() if req.candidate_id == candidate_id]
         for ref in refs:
             ray.cancel(ref, force=False)
         return len(refs)
@@ -175,8 +191,8 @@ class RayArena:
             ray.cancel(ref, force=False)
         for ref in refs:
             with self._lock:
-                request = self._inflight.pop(ref)
-            self._done.append(self._result(ref, request))
+                entry = self._inflight.pop(ref)
+            self._done.append(self._result(ref, *entry))
 
     def __enter__(self) -> "RayArena":
         return self

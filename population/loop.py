@@ -514,7 +514,8 @@ class GenerationLoop:
         key = (r.candidate_id, r.seed)
         entry = self._inflight.pop(key, None)
         if entry is None:
-            log.warning("result for %s seed %s that is not in flight; ignored", r.candidate_id, r.seed)
+            log.debug("result for %s seed %s arrived after its run was called off; ignored",
+                      r.candidate_id, r.seed)
             return
         self.store.finish_evaluation(entry[0], r)
         evals = {e.seed: e for e in self.store.evaluations(r.candidate_id)}

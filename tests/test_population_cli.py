@@ -1,0 +1,86 @@
+"""The `evolve` command line, run as a real process on the simulated arena."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def evolve(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "population.cli", *args], cwd=cwd,
+                          capture_output=True, text=True, timeout=120)
+
+
+@pytest.fixture(scope="module")
+def sim_run(tmp_path_factory) -> Path:
+    run_dir = tmp_path_factory.mktemp("cli") / "run"
+    r = evolve("--simulate", "--generations", "2", "--population", "3", "--run-dir", str(run_dir),
+               "--sim-run-seconds", "0", "-q")
+    assert r.returncode == 0, r.stderr
+    assert "generations finished: 2" in r.stdout
+    return run_dir
+
+
+def test_run_then_status_and_report(sim_run):
+    status = evolve("status", "--run-dir", str(sim_run))
+    assert status.returncode == 0
+    assert "stopped (reached 2 generations)" in status.stdout
+    assert "archive:" in status.stdout
+    report = evolve("report", "--run-dir", str(sim_run))
+    assert report.returncode == 0
+    assert "hypervolume per generation:" in report.stdout and "gen   2" in report.stdout
+
+
+def test_export_best_as_file_patch_and_series(sim_run, tmp_path):
+    f = evolve("export", "--best", "--format", "file", "--run-dir", str(sim_run))
+    assert f.returncode == 0 and "DEPTH =" in f.stdout
+    p = evolve("export", "--best", "--format", "patch", "--run-dir", str(sim_run))
+    assert p.returncode == 0 and p.stdout.startswith("From: evolve")
+    best = p.stdout.split("[PATCH] ", 1)[1].split(":", 1)[0]
+    if best != "root":
+        assert "diff --git a/train.py b/train.py" in p.stdout
+        out = tmp_path / "series"
+        s = evolve("export", "--candidate", best, "--format", "series", "--out", str(out),
+                   "--run-dir", str(sim_run))
+        assert s.returncode == 0, s.stderr
+        patches = sorted(out.glob("*.patch"))
+        assert patches and all("train.py" in x.read_text() for x in patches)
+
+
+def test_named_errors_are_one_line_with_exit_code_1(sim_run, tmp_path):
+    again = evolve("--simulate", "--generations", "1", "--run-dir", str(sim_run))
+    assert again.returncode == 1
+    assert again.stderr.strip().count("\n") == 0 and "--resume" in again.stderr
+    unknown = evolve("export", "--candidate", "nope", "--format", "file", "--run-dir", str(sim_run))
+    assert unknown.returncode == 1 and "nope" in unknown.stderr
+    bad = tmp_path / "program.md"
+    bad.write_text("+++\npopulation = 3\n[seeds]\nroot = \"three\"\n+++\nprose\n")
+    r = evolve("--simulate", "--program", str(bad), "--run-dir", str(tmp_path / "x"))
+    assert r.returncode == 1
+    assert f"{bad}:4: seeds.root must be int" in r.stderr
+    assert not (tmp_path / "x").exists()  # nothing was created
+    missing = evolve("status", "--run-dir", str(tmp_path / "none"))
+    assert missing.returncode == 1 and "no store" in missing.stderr
+
+
+def test_usage_errors_exit_2():
+    assert evolve("--generations", "many").returncode == 2
+    assert evolve("export", "--best").returncode == 2  # --format is required
+
+
+@pytest.mark.parametrize("sub", ["status", "report", "export", "tui"])
+def test_every_subcommand_has_help(sub):
+    r = evolve(sub, "-h")
+    assert r.returncode == 0 and "usage:" in r.stdout and len(r.stdout) > 80
+
+
+def test_main_help_names_the_subcommands():
+    r = evolve("-h")
+    assert r.returncode == 0
+    for word in ("--generations", "--resume", "--simulate", "status", "export", "prepare"):
+        assert word in r.stdout

@@ -1,0 +1,174 @@
+"""The generation loop on the simulated arena: real git, real SQLite, no training."""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+
+import litellm
+import pytest
+
+from agents.llm import LLMCallRecord
+from agents.proposal import InvalidEdit, Proposal, ProposalContext
+from arena.records import FAILURES, Status
+from population.loop import ROOT_ID, RootFailed
+from population.program import ProgramConfig
+from population.simulated import KnobProposer, Landscape, read_knobs, set_knob, simulated_loop
+
+
+def _run(tmp_path, cfg, **kw):
+    loop, store, repo, arena = simulated_loop(tmp_path / "run", cfg, **kw)
+    try:
+        outcome = loop.run()
+    finally:
+        arena.close()
+    return outcome, store, repo, loop
+
+
+def test_generations_run_end_to_end_with_paired_seeds_and_lineage_in_git(tmp_path):
+    cfg = ProgramConfig(generations=3, population=4, rescore_every=2, rescore_seeds=1)
+    outcome, store, repo, _ = _run(tmp_path, cfg, slots=2)
+    assert outcome.stop_reason == "reached 3 generations"
+    gens = store.generations()
+    assert [g.generation for g in gens] == [0, 1, 2, 3]
+    assert all(g.archive and g.hypervolume > 0 for g in gens)
+    assert store.get_meta("noise_floor")["n_seeds"] == cfg.root_seeds
+    cands = {c.id: c for c in store.candidates()}
+    assert len(cands) == 1 + 3 * 4
+    for c in cands.values():
+        if c.id == ROOT_ID:
+            continue
+        # a child is a git commit on top of its parent's commit
+        assert repo.parents(c.commit) == [cands[c.parent_id].commit]
+        # the first `lookahead` (= slots) children were planned from an older archive
+        expected = c.generation - 2 if (c.generation >= 2 and c.idx < 2) else c.generation - 1
+        assert c.archive_version == expected
+        if c.status in (Status.CONFIRMED, Status.REJECTED):
+            mine = {e.seed for e in store.evaluations(c.id) if e.purpose in ("initial", "race")}
+            theirs = {e.seed for e in store.evaluations(c.parent_id)}
+            assert len(mine) >= cfg.initial_seeds and mine <= theirs  # paired on the same seeds
+    evals = store.evaluations()
+    assert all(e.device_type == "sim" and e.device_name == "simulated" for e in evals)
+    assert any(e.purpose == "rescore" for e in evals)
+    assert any(e.purpose == "race" for e in evals)
+    # the lookahead children were created before the generation they follow had finished
+    assert cands["g003c00"].created_at < gens[2].finished_at
+    kinds = {e["kind"] for e in store.events(500)}
+    assert {"noise_floor", "generation", "proposed", "evaluated"} <= kinds
+    store.close()
+
+
+class NeutralProposer:
+    """Changes a constant the landscape ignores: every child is truly no better."""
+
+    def propose(self, ctx: ProposalContext) -> Proposal:
+        n = len(ctx.tried) + 100 * len(ctx.lineage)
+        text = ctx.parent_train_py + f"\nUNUSED_{ctx.persona.upper()}_{n} = {n}\n"
+        return Proposal(ctx.parent_commit, ctx.persona, "neutral", f"add UNUSED {n}", text, "knobs")
+
+
+def test_noise_does_not_fool_the_archive_where_keep_if_lower_would_be(tmp_path):
+    cfg = ProgramConfig(generations=3, population=6, fdr=0.1)
+    outcome, store, _, _ = _run(tmp_path, cfg, sigma=0.02, proposer=NeutralProposer())
+    children = [c for c in store.candidates() if c.id != ROOT_ID]
+    confirmed = [c for c in children if c.status == Status.CONFIRMED]
+    # what autoresearch's rule would have kept: first run lower than the parent's first run
+    lucky = 0
+    for c in children:
+        mine = {e.seed: e.val_bpb for e in store.evaluations(c.id)}
+        theirs = {e.seed: e.val_bpb for e in store.evaluations(c.parent_id)}
+        lucky += mine[0] < theirs[0]
+    assert lucky >= len(children) // 4
+    assert len(confirmed) <= 1
+    store.close()
+
+
+class ScriptedProposer:
+    """Per persona: a crash, an invalid reply, a duplicate, a real change."""
+
+    def __init__(self):
+        self.contexts: list[ProposalContext] = []
+        self._lock = threading.Lock()
+
+    def propose(self, ctx):
+        with self._lock:
+            self.contexts.append(ctx)
+        knobs = read_knobs(ctx.parent_train_py)
+        if ctx.persona == "crasher":
+            return Proposal(ctx.parent_commit, "crasher", "s", "LEARNING_RATE 0.5",
+                            set_knob(ctx.parent_train_py, "LEARNING_RATE", 0.5), "knobs")
+        if ctx.persona == "confused":
+            return InvalidEdit(ctx.parent_commit, "confused", "s", "SEARCH block did not match line 12",
+                               raw_reply="<<<<<<< SEARCH ...")
+        if ctx.persona == "copycat":
+            return Proposal(ctx.parent_commit, "copycat", "s", "DEPTH + 1 again",
+                            set_knob(ctx.parent_train_py, "DEPTH", knobs["DEPTH"] + 1), "knobs")
+        return KnobProposer().propose(ctx)
+
+
+def test_failures_are_stored_with_their_reasons_and_shown_to_later_children(tmp_path):
+    cfg = ProgramConfig(generations=2, population=10, bandit_floor=0.25)
+    proposer = ScriptedProposer()
+    _, store, _, _ = _run(tmp_path, cfg, proposer=proposer,
+                          personas=["crasher", "confused", "copycat", "tuner"])
+    by_status = {}
+    for c in store.candidates():
+        by_status.setdefault(c.status, []).append(c)
+    personas = {c.persona for c in store.candidates()}
+    assert {"crasher", "confused", "copycat"} <= personas  # the bandit's floor gives each a turn
+    for c in store.candidates():
+        if c.persona == "crasher":  # the second identical crash is refused as a duplicate
+            assert (c.status == Status.NAN and "nan" in c.message) or c.status == Status.GUARD_REFUSED
+        if c.persona == "confused":
+            assert c.status == Status.INVALID_EDIT and "SEARCH block did not match" in c.message
+    assert Status.NAN in by_status
+    refused = by_status.get(Status.GUARD_REFUSED, [])
+    assert refused and all("duplicate" in c.message or "no-op" in c.message for c in refused)
+    assert all(c.message for s in FAILURES for c in by_status.get(s, []))
+    # generation 2 children (planned from version 1) see generation 1's failures
+    late = [ctx for ctx in proposer.contexts if any(f.status == "nan" for f in ctx.failures)]
+    assert late
+    store.close()
+
+
+def test_a_failing_root_stops_the_run_with_a_clear_error(tmp_path):
+    loop, store, _, arena = simulated_loop(tmp_path / "run", ProgramConfig(generations=1))
+    arena.landscape = Landscape(mem_limit_mb=50.0)
+    with pytest.raises(RootFailed, match="root train.py failed on seed 0 \\(oom\\)"):
+        loop.run()
+    store.close()
+
+
+def test_memory_ceiling_keeps_big_candidates_out_of_the_archive(tmp_path):
+    cfg = ProgramConfig(generations=3, population=4, max_peak_mem_mb=190.0)
+    _, store, _, _ = _run(tmp_path, cfg)
+    for g in store.generations()[1:]:
+        assert all(r["peak_mem_mb"] <= 190.0 for r in g.archive)
+    store.close()
+
+
+class LiteLLMProposer:
+    """Asks litellm (mock_response: no network) and reports the call like the agents do."""
+
+    def __init__(self, on_llm_call):
+        self.on_llm_call = on_llm_call
+
+    def propose(self, ctx):
+        reply = litellm.completion(model="gpt-4o-mini", mock_response="DEPTH 5",
+                                   messages=[{"role": "user", "content": ctx.program or "improve"}])
+        self.on_llm_call(LLMCallRecord(ctx.persona, "gpt-4o-mini", reply.usage.prompt_tokens,
+                                       reply.usage.completion_tokens, 0.001, 0.01, None))
+        return dataclasses.replace(KnobProposer().propose(ctx), model="gpt-4o-mini")
+
+
+def test_every_llm_call_is_stored_with_its_candidate(tmp_path):
+    cfg = ProgramConfig(generations=1, population=3, prose="make it better")
+    loop, store, _, arena = simulated_loop(tmp_path / "run", cfg)
+    loop.proposer = LiteLLMProposer(loop.on_llm_call)
+    loop.run()
+    arena.close()
+    calls = store.llm_calls()
+    assert sorted(c.candidate_id for c in calls) == ["g001c00", "g001c01", "g001c02"]
+    assert all(c.model == "gpt-4o-mini" and c.completion_tokens > 0 for c in calls)
+    assert store.total_cost() == pytest.approx(0.003)
+    store.close()

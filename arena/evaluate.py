@@ -220,7 +220,10 @@ def run(args) -> dict:
     sandbox = Sandbox(args.mem_limit_mb, {"auto": None, "on": True, "off": False}[args.sandbox])
     deadline = time.monotonic() + args.timeout_s
     t0 = time.monotonic()
-    proc = start_worker(args, sandbox)  # starts importing torch while we load the data
+    proc = start_worker(args, sandbox)  # it imports torch while we do the same and load data
+    import torch
+
+    torch.set_num_threads(max(1, args.threads))
     prepare = load_trusted_prepare(Path(args.prepare))
     meta = prepare.load_meta(Path(args.data))
     val_tokens = prepare.load_split("val", Path(args.data))
@@ -230,6 +233,7 @@ def run(args) -> dict:
     result: dict = {"status": "evaluated", "message": "ok", "val_bpb": None, "test_bpb": None}
     try:
         proxy.wait_ready()
+        result["ready_seconds"] = time.monotonic() - t0  # worker started, model loaded
         probe = prepare.causality_probe(proxy, meta.vocab_size, prepare.SEQ_LEN, "cpu",
                                         seed=rng.randrange(2**31))
         result["probe"] = {"ok": probe.ok, "max_change": probe.max_change,
@@ -275,9 +279,6 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     try:
-        import torch
-
-        torch.set_num_threads(max(1, args.threads))
         result = run(args)
     except Exception as exc:  # the arena's own fault (data missing...): reported, never lost
         log.exception("evaluation failed")

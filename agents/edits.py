@@ -315,7 +315,7 @@ def knob_schema(knobs: dict[str, Knob], max_changes: int = 3) -> dict:
     return {
         "type": "object",
         "properties": {
-            "hypothesis": {"type": "string", "minLength": 10, "maxLength": 400},
+            "hypothesis": {"type": "string", "minLength": 10, "maxLength": 240},
             "changes": {
                 "type": "object",
                 "properties": {k.name: dict(_JSON_TYPES[k.kind]) for k in knobs.values()},

@@ -127,13 +127,13 @@ def _sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
-def assemble(name: str = DEFAULT_EMBEDDED_MODEL, cache_dir: Path | None = None) -> Path:
+def assemble(name: str | ModelSpec = DEFAULT_EMBEDDED_MODEL, cache_dir: Path | None = None) -> Path:
     """Return the path of the complete, hash-verified GGUF, building it if needed.
 
     The file is written as `<name>.gguf.partial` and renamed into place only after its
     size and sha256 match; a stamp file records the verified hash so later runs skip
     re-hashing 0.5 GB (the stamp is checked against the size and mtime)."""
-    spec = get_spec(name)
+    spec = name if isinstance(name, ModelSpec) else get_spec(name)
     out_dir = cache_dir or models_dir()
     out_dir.mkdir(parents=True, exist_ok=True)
     final = out_dir / f"{spec.name}.gguf"
@@ -251,7 +251,7 @@ class EmbeddedModel:
         return self.n_ctx
 
     def start(self) -> EmbeddedModel:
-        path = assemble(self.spec.name, self.cache_dir)
+        path = assemble(self.spec, self.cache_dir)
         try:
             import xllamacpp
         except ImportError as e:

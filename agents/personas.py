@@ -236,6 +236,7 @@ def with_model(personas: dict[str, Persona], model: str, api_base: str | None, c
                 edit_format="knobs",
                 context_window=p.context_window or context_window,
                 max_tokens=min(p.max_tokens, 256),
+                timeout_s=max(p.timeout_s, 600.0),  # CPU inference on a shared machine is slow
             )
         out[n] = p
     return out

@@ -1,0 +1,208 @@
+"""Benchmark: proposals from the embedded model (Qwen2.5-Coder-0.5B, knob format).
+
+Starts the embedded llama.cpp server (agents.local_model) with N threads, asks the
+three built-in personas in turn for N proposals on train_template.py (each prompt lists
+the hypotheses already tried, as the loop does), and prints per proposal: latency,
+tokens, valid or not, the hypothesis or the reason, and the constants changed; then the
+latency summary and the share of valid edits. `--out DIR` writes `proposals.json` and
+every valid child as `child_XX.py`, for `--arena` (below) or for inspection.
+
+`--arena DIR_WITH_PROPOSALS` (second stage) runs the root on several seeds and each
+valid child on the same seeds through the real arena (arena.LocalArena) with a short
+budget, and reports how many children differ from the root beyond the noise floor
+(paired t-test on the same seeds, scipy). It needs the prepared data (`evolve prepare`).
+
+Usage:
+    python bench/proposals.py --n 20 --threads 2 --out /tmp/bench_proposals
+    python bench/proposals.py --arena /tmp/bench_proposals --budget 20 --seeds 3
+
+It measures; it decides nothing and writes nothing outside --out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import difflib
+import json
+import logging
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+PROGRAM = (
+    "Find a train.py that reaches a lower val_bpb on this CPU within the fixed training "
+    "budget. Small, testable changes; one idea per candidate."
+)
+
+
+def changed_constants(parent: str, child: str) -> list[str]:
+    from agents.edits import find_knobs
+
+    a, b = find_knobs(parent), find_knobs(child)
+    return [f"{n}: {a[n].source} -> {b[n].source}" for n in a if n in b and a[n].source != b[n].source]
+
+
+def run_proposals(args: argparse.Namespace) -> int:
+    from agents import build_proposer
+    from agents.llm import LLMCallRecord
+    from agents.local_model import EmbeddedModel
+    from agents.proposal import InvalidEdit, ProposalContext
+
+    template = (ROOT / "train_template.py").read_text()
+    records: list[LLMCallRecord] = []
+    personas = ["optimizer-tuner", "architect", "bug-hunter"]
+    rows = []
+    t_start = time.monotonic()
+    with EmbeddedModel(args.model, n_threads=args.threads) as m:
+        startup = time.monotonic() - t_start
+        proposer = build_proposer({}, records.append, cost_ceiling_usd=None, embedded=m, max_retries=1)
+        tried: list[str] = []
+        for i in range(args.n):
+            persona = personas[i % len(personas)]
+            ctx = ProposalContext(
+                persona=persona, program=PROGRAM, parent_id="root", parent_commit="0" * 40,
+                parent_train_py=template, tried=list(reversed(tried))[:10], noise_floor=args.noise_floor,
+            )  # fmt: skip
+            n_rec = len(records)
+            t0 = time.monotonic()
+            out = proposer.propose(ctx)
+            latency = time.monotonic() - t0
+            calls = records[n_rec:]
+            valid = not isinstance(out, InvalidEdit)
+            row = {
+                "i": i,
+                "persona": persona,
+                "latency_s": round(latency, 2),
+                "prompt_tokens": sum(r.prompt_tokens for r in calls),
+                "completion_tokens": sum(r.completion_tokens for r in calls),
+                "valid": valid,
+                "hypothesis": out.hypothesis,
+                "reason": "" if valid else out.reason,
+                "changes": changed_constants(template, out.train_py) if valid else [],
+            }
+            if valid:
+                tried.append(out.hypothesis)
+                if args.out:
+                    Path(args.out).mkdir(parents=True, exist_ok=True)
+                    (Path(args.out) / f"child_{i:02d}.py").write_text(out.train_py)
+            else:
+                tried.append(out.hypothesis or "(invalid reply)")
+            rows.append(row)
+            status = "VALID  " if valid else "INVALID"
+            detail = "; ".join(row["changes"]) if valid else row["reason"][:140]
+            print(
+                f"{i:2d} {persona:16s} {latency:6.1f}s p={row['prompt_tokens']:4d} c={row['completion_tokens']:3d} "
+                f"{status} {detail}\n     hypothesis: {row['hypothesis'][:160]}",
+                flush=True,
+            )
+    lat = [r["latency_s"] for r in rows]
+    n_valid = sum(r["valid"] for r in rows)
+    gen_tok = sum(r["completion_tokens"] for r in rows)
+    summary = {
+        "model": args.model,
+        "threads": args.threads,
+        "cpu_count": os.cpu_count(),
+        "load_avg_at_end": os.getloadavg()[0],
+        "server_startup_s": round(startup, 2),
+        "n": len(rows),
+        "valid": n_valid,
+        "valid_share": n_valid / len(rows) if rows else 0.0,
+        "latency_mean_s": round(statistics.mean(lat), 2),
+        "latency_median_s": round(statistics.median(lat), 2),
+        "latency_max_s": round(max(lat), 2),
+        "completion_tokens_per_s": round(gen_tok / sum(lat), 2) if sum(lat) else 0.0,
+        "distinct_valid_edits": len({tuple(r["changes"]) for r in rows if r["valid"]}),
+    }
+    print("---")
+    for k, v in summary.items():
+        print(f"{k}: {v}")
+    if args.out:
+        (Path(args.out) / "proposals.json").write_text(json.dumps({"summary": summary, "rows": rows}, indent=1))
+    return 0
+
+
+def run_arena(args: argparse.Namespace) -> int:
+    """Root and each valid child on the same seeds through the real arena."""
+    import tempfile
+
+    from scipy import stats
+
+    from arena import ExperimentRepo, LocalArena, RunRequest, detect_slots
+    from arena.records import Status
+
+    src = Path(args.arena)
+    children = sorted(src.glob("child_*.py"))
+    if not children:
+        print(f"no child_*.py in {src}", file=sys.stderr)
+        return 1
+    import prepare
+
+    data_dir = Path(os.environ["EVOLVE_DATA"]) if os.environ.get("EVOLVE_DATA") else prepare.default_data_dir()
+    run_dir = Path(tempfile.mkdtemp(prefix="bench-proposals-"))
+    template = (ROOT / "train_template.py").read_text()
+    repo = ExperimentRepo.create(run_dir / "run", template, (ROOT / "prepare.py").read_text(), "# bench\n")
+    commits = {"root": repo.root_commit}
+    for c in children:
+        commits[c.stem] = repo.commit_candidate(repo.root_commit, c.read_text(), f"bench {c.stem}")
+    seeds = list(range(args.seeds))
+    arena = LocalArena(repo, data_dir, detect_slots(None))
+    results: dict[str, dict[int, float | None]] = {k: {} for k in commits}
+    statuses: dict[str, set[str]] = {k: set() for k in commits}
+    try:
+        for name, commit in commits.items():
+            for s in seeds:
+                arena.submit(RunRequest(candidate_id=name, commit=commit, seed=s, budget_s=args.budget))
+        pending = len(commits) * len(seeds)
+        while pending:
+            for r in arena.poll(timeout=5.0):
+                pending -= 1
+                results[r.candidate_id][r.seed] = r.val_bpb if r.status == Status.EVALUATED else None
+                statuses[r.candidate_id].add(r.status.value)
+                print(f"{r.candidate_id} seed {r.seed}: {r.status.value} val_bpb={r.val_bpb} {r.message[:80]}", flush=True)
+    finally:
+        arena.close()
+    root = [results["root"].get(s) for s in seeds]
+    root_ok = [v for v in root if v is not None]
+    noise = statistics.stdev(root_ok) if len(root_ok) > 1 else float("nan")
+    print("---")
+    print(f"root val_bpb: {statistics.mean(root_ok):.4f} ± {noise:.4f} over {len(root_ok)} seeds (budget {args.budget}s)")
+    beyond = 0
+    for name in commits:
+        if name == "root":
+            continue
+        pairs = [(results[name].get(s), results["root"].get(s)) for s in seeds]
+        pairs = [(a, b) for a, b in pairs if a is not None and b is not None]
+        if len(pairs) < 2:
+            print(f"{name}: {sorted(statuses[name])} (not measured on enough seeds)")
+            continue
+        diffs = [a - b for a, b in pairs]
+        p = stats.ttest_rel([a for a, _ in pairs], [b for _, b in pairs]).pvalue
+        sig = p < 0.05
+        beyond += sig
+        print(f"{name}: mean change {statistics.mean(diffs):+.4f} (p={p:.3f}) {'BEYOND NOISE' if sig else 'within noise'}")
+    print(f"children beyond the noise floor (paired t-test p<0.05): {beyond} of {len(children)}")
+    return 0
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--n", type=int, default=20)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--model", default="qwen2.5-coder-0.5b")
+    ap.add_argument("--noise-floor", type=float, default=None)
+    ap.add_argument("--out", default=None, help="directory for proposals.json and child_XX.py")
+    ap.add_argument("--arena", default=None, help="second stage: directory written by --out")
+    ap.add_argument("--budget", type=float, default=20.0)
+    ap.add_argument("--seeds", type=int, default=3)
+    args = ap.parse_args()
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    return run_arena(args) if args.arena else run_proposals(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

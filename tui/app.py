@@ -1,0 +1,199 @@
+"""`evolve tui`: a live, read-only view of a running population.
+
+Flow: the evolve process writes the run's store; this app opens it read-only every
+`interval` seconds in a thread worker (`tui.snapshot.read_snapshot`) and hands the
+snapshot to small widgets: the run header, the population table, the Pareto archive
+(table and scatter), the selected candidate's log tail and the events feed. Enter opens
+a candidate's details with its diff against its parent (from git).
+
+Keys: q quit, r refresh now, enter details, escape close the details.
+
+What it does not do: write. The store is opened with SQLite's read-only mode, git is
+only read, log files are only read. A missing or unreadable store ends the app with a
+one-line error (`EvolveApp.error`, printed by `run`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import ClassVar
+
+from textual import work
+from textual.app import App, ComposeResult
+from textual.binding import Binding, BindingType
+from textual.containers import Horizontal, Vertical
+from textual.widgets import DataTable, Footer
+from textual.worker import get_current_worker
+
+from tui.archive_table import ArchiveTable
+from tui.details import CandidateDetails
+from tui.events_feed import EventsFeed
+from tui.header import RunHeader
+from tui.log_tail import LogTail
+from tui.pareto_plot import ParetoPlot
+from tui.population_table import PopulationTable
+from tui.snapshot import Snapshot, TUIError, candidate_log, open_store, read_snapshot
+
+log = logging.getLogger(__name__)
+
+REFRESH_S = 2.0
+
+
+class EvolveApp(App[int]):
+    """Watches one run directory."""
+
+    TITLE = "evolve"
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("q", "quit", "quit"),
+        Binding("r", "refresh_now", "refresh"),
+        Binding("enter", "details", "details"),
+    ]
+    CSS = """
+    #main { height: 1fr; }
+    #left { width: 3fr; }
+    #right { width: 2fr; }
+    PopulationTable, EventsFeed, ArchiveTable, ParetoPlot, LogTail {
+        border: round $primary-darken-2;
+    }
+    PopulationTable:focus, ArchiveTable:focus { border: round $accent; }
+    PopulationTable { height: 2fr; }
+    EventsFeed { height: 1fr; }
+    ArchiveTable { height: auto; max-height: 12; }
+    LogTail { height: 1fr; }
+    """
+
+    def __init__(self, run_dir: str | os.PathLike, interval: float = REFRESH_S) -> None:
+        super().__init__()
+        self.run_dir = Path(run_dir)
+        self.interval = interval
+        self.snapshot: Snapshot | None = None
+        self.selected: str | None = None
+        self.error: str | None = None
+        self.refreshes = 0  # snapshots applied so far (tests wait on it)
+
+    def compose(self) -> ComposeResult:
+        yield RunHeader(id="header")
+        with Horizontal(id="main"):
+            with Vertical(id="left"):
+                yield PopulationTable(id="population")
+                yield EventsFeed(id="events")
+            with Vertical(id="right"):
+                yield ArchiveTable(id="archive")
+                yield ParetoPlot(id="plot")
+                yield LogTail(id="log")
+        yield Footer()
+
+    def on_mount(self) -> None:
+        self.sub_title = str(self.run_dir)
+        try:
+            snapshot = read_snapshot(self.run_dir)
+        except TUIError as exc:
+            self.error = str(exc)
+            self.exit(return_code=1)
+            return
+        self.apply(snapshot)
+        self.query_one(PopulationTable).focus()
+        self.set_interval(self.interval, self.refresh_from_store)
+
+    # -- reading ----------------------------------------------------------------------
+
+    def action_refresh_now(self) -> None:
+        self.refresh_from_store()
+
+    @work(thread=True, exclusive=True, group="refresh")
+    def refresh_from_store(self) -> None:
+        worker = get_current_worker()
+        try:
+            snapshot = read_snapshot(self.run_dir)
+        except TUIError as exc:
+            if not worker.is_cancelled:
+                self.call_from_thread(self.query_one(RunHeader).show_error, f"cannot refresh: {exc}")
+            return
+        if not worker.is_cancelled:
+            self.call_from_thread(self.apply, snapshot)
+
+    def apply(self, snapshot: Snapshot) -> None:
+        self.snapshot = snapshot
+        self.query_one(RunHeader).show(snapshot.status)
+        table = self.query_one(PopulationTable)
+        table.show(snapshot.candidates)
+        self.query_one(ArchiveTable).show(snapshot.archive, snapshot.status.archive_version)
+        self.query_one(EventsFeed).show(snapshot.events)
+        if self.selected is None or snapshot.candidate(self.selected) is None:
+            self.selected = table.selected_id
+        self._follow_selected()
+        self.refreshes += 1
+
+    def _follow_selected(self) -> None:
+        snapshot = self.snapshot
+        if snapshot is None:
+            return
+        self.query_one(ParetoPlot).show(snapshot, self.selected)
+        evals = snapshot.evaluations.get(self.selected or "", ())
+        self.query_one(LogTail).follow(candidate_log(self.run_dir, evals), self.selected or "")
+
+    # -- selection and details ----------------------------------------------------------
+
+    def on_data_table_row_highlighted(self, event: DataTable.RowHighlighted) -> None:
+        if event.data_table.id in ("population", "archive") and event.row_key.value is not None:
+            self.selected = str(event.row_key.value)
+            self._follow_selected()
+
+    def on_data_table_row_selected(self, event: DataTable.RowSelected) -> None:
+        if event.data_table.id in ("population", "archive") and event.row_key.value is not None:
+            self.show_details(str(event.row_key.value))
+
+    def action_details(self) -> None:
+        if self.selected is not None:
+            self.show_details(self.selected)
+
+    def show_details(self, cid: str) -> None:
+        if self.snapshot is None:
+            return
+        row = self.snapshot.candidate(cid)
+        if row is None:
+            self.notify(f"no candidate {cid} in the store", severity="warning")
+            return
+        self.push_screen(CandidateDetails(self.run_dir, row, self.snapshot.evaluations.get(cid, ())))
+
+
+def run(run_dir: str | os.PathLike, interval: float = REFRESH_S) -> int:
+    """Show the TUI for `run_dir` until q; returns the exit code (1 with a one-line
+    error on stderr when the store cannot be read)."""
+    try:
+        open_store(run_dir).close()
+    except TUIError as exc:
+        print(f"evolve tui: {exc}", file=sys.stderr)
+        return 1
+    app = EvolveApp(run_dir, interval)
+    app.run()
+    if app.error:
+        print(f"evolve tui: {app.error}", file=sys.stderr)
+        return 1
+    return int(app.return_code or 0)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m tui.app [RUN_DIR]`; without RUN_DIR the newest run under runs/."""
+    parser = argparse.ArgumentParser(prog="evolve tui", description="the live terminal view of a run")
+    parser.add_argument("run_dir", nargs="?", type=Path, help="run directory (default: the newest under runs/)")
+    parser.add_argument("--interval", type=float, default=REFRESH_S, help="seconds between refreshes")
+    args = parser.parse_args(argv)
+    run_dir = args.run_dir
+    if run_dir is None:
+        from population.cli import CLIError, latest_run_dir
+
+        try:
+            run_dir = latest_run_dir()
+        except CLIError as exc:
+            print(f"evolve tui: {exc}", file=sys.stderr)
+            return 1
+    return run(run_dir, args.interval)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

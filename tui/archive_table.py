@@ -1,0 +1,67 @@
+"""The Pareto archive as a table: the last finished generation's members.
+
+Flow: the app hands it `Snapshot.archive` (the archive version the loop stored, with
+each member's hypervolume contribution and crowding distance from
+`population.archive.ParetoArchive`). Enter on a row opens that member's details.
+
+What it does not do: decide membership (the loop did) or read the store.
+"""
+
+from __future__ import annotations
+
+import math
+
+from textual.widgets import DataTable
+
+from tui.snapshot import ArchiveRow
+
+COLUMNS = (("id", "id"), ("val_bpb", "val_bpb ± sd (seeds)"), ("mem", "peak MB"),
+           ("hv", "hv contrib"), ("crowding", "crowding"), ("persona", "persona"),
+           ("hypothesis", "hypothesis"))
+
+
+def _num(x: float | None, fmt: str) -> str:
+    if x is None:
+        return "-"
+    if math.isinf(x):
+        return "inf"
+    return format(x, fmt)
+
+
+def archive_cells(row: ArchiveRow) -> tuple[str, ...]:
+    return (row.candidate_id, f"{row.val_bpb:.4f} ± {row.val_std:.4f} ({row.n_seeds})",
+            f"{row.peak_mem_mb:.0f}", _num(row.hv_contribution, ".4g"), _num(row.crowding, ".3g"),
+            row.persona, row.hypothesis.splitlines()[0][:60] if row.hypothesis else "")
+
+
+class ArchiveTable(DataTable):
+    """The epsilon-non-dominated set, lowest val_bpb first."""
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__(cursor_type="row", **kwargs)
+        self._shown: tuple = ()
+
+    def on_mount(self) -> None:
+        for key, label in COLUMNS:
+            self.add_column(label, key=key)
+        self.border_title = "Pareto archive"
+
+    @property
+    def selected_id(self) -> str | None:
+        if self.row_count == 0:
+            return None
+        key = self.coordinate_to_cell_key(self.cursor_coordinate).row_key
+        return None if key.value is None else str(key.value)
+
+    def show(self, rows: tuple[ArchiveRow, ...], version: int) -> None:
+        self.border_subtitle = "not formed yet" if version < 0 else f"version {version}, {len(rows)} members"
+        cells = tuple(archive_cells(r) for r in rows)
+        if cells == self._shown:
+            return
+        self._shown = cells
+        keep = self.selected_id
+        self.clear()
+        for row, c in zip(rows, cells):
+            self.add_row(*c, key=row.candidate_id)
+        if keep is not None and keep in {r.candidate_id for r in rows}:
+            self.move_cursor(row=self.get_row_index(keep), scroll=False)

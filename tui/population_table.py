@@ -1,0 +1,75 @@
+"""The population table: one row per candidate, refreshed from each snapshot.
+
+Flow: the app hands it `Snapshot.candidates`; it redraws only when a row changed and
+keeps the cursor on the same candidate. The app listens to its `RowHighlighted` (follow
+that candidate's log) and `RowSelected` (enter: open the details).
+
+What it does not do: read the store.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+from rich.text import Text
+from textual.binding import Binding, BindingType
+from textual.widgets import DataTable
+
+from tui.header import STATUS_STYLES
+from tui.snapshot import CandidateRow
+
+COLUMNS = (("id", "id"), ("gen", "gen"), ("persona", "persona"), ("status", "status"),
+           ("val_bpb", "val_bpb mean ± sd (seeds)"), ("mem", "peak MB"), ("hypothesis", "hypothesis"))
+
+
+def score_cell(row: CandidateRow) -> str:
+    s = row.summary
+    if s is None:
+        return "-"
+    spread = "     -" if s.val_std is None else f"{s.val_std:.4f}"
+    return f"{s.val_mean:.4f} ± {spread} ({s.n_seeds})"
+
+
+def row_cells(row: CandidateRow) -> tuple:
+    status = row.status
+    if row.running_seeds:
+        status += " s" + ",".join(str(s) for s in row.running_seeds)
+    mem = "-" if row.summary is None else f"{row.summary.mem_mean:.0f}"
+    return (row.id, str(row.generation), row.persona, Text(status, style=STATUS_STYLES.get(row.status, "")),
+            score_cell(row), mem, row.hypothesis.splitlines()[0][:80] if row.hypothesis else "")
+
+
+class PopulationTable(DataTable):
+    """Every candidate, oldest first."""
+
+    BINDINGS: ClassVar[list[BindingType]] = [Binding("enter", "select_cursor", "details")]
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__(cursor_type="row", zebra_stripes=True, **kwargs)
+        self._shown: tuple = ()
+
+    def on_mount(self) -> None:
+        for key, label in COLUMNS:
+            self.add_column(label, key=key)
+        self.border_title = "population"
+
+    @property
+    def selected_id(self) -> str | None:
+        if self.row_count == 0:
+            return None
+        key = self.coordinate_to_cell_key(self.cursor_coordinate).row_key
+        return None if key.value is None else str(key.value)
+
+    def show(self, rows: tuple[CandidateRow, ...]) -> None:
+        cells = tuple(row_cells(r) for r in rows)
+        plain = tuple(tuple(str(c) for c in row) for row in cells)
+        if plain == self._shown:
+            return
+        self._shown = plain
+        keep = self.selected_id
+        self.clear()
+        for row, c in zip(rows, cells):
+            self.add_row(*c, key=row.id)
+        self.border_subtitle = f"{len(rows)} candidates"
+        if keep is not None and keep in {r.id for r in rows}:
+            self.move_cursor(row=self.get_row_index(keep), scroll=False)

@@ -1,0 +1,318 @@
+"""What the TUI shows, read in one pass from a run's store: a frozen `Snapshot`.
+
+Flow: the app's refresh worker calls `read_snapshot(run_dir)` every few seconds; it
+opens the store read-only (`Store.open(..., readonly=True)`), reads candidates,
+evaluations, events, sessions, costs and the last archive version, closes it, and hands
+the widgets plain records. The statistics are the population's own:
+`population.noise.noise_floor` summarises a candidate's seeds (mean and standard
+deviation) and gives the provisional noise floor before the loop has stored one;
+`population.archive.ParetoArchive` rebuilds the stored archive to give each member its
+hypervolume contribution and crowding distance.
+
+What it does not do: write anything, decide anything, or touch Textual. A missing or
+unreadable store raises `TUIError` with a one-line message.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import re
+import sqlite3
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from population.archive import ParetoArchive, Point
+from population.noise import NoiseFloor, noise_floor
+from population.store import Evaluation, Store, StoreError, store_path
+
+log = logging.getLogger(__name__)
+
+ROOT_ID = "root"
+# the purposes whose runs count for a candidate's own mean (population.loop: OWN_PURPOSES
+# plus re-scoring); pairing runs are made for a child and do not count for the parent
+SCORE_PURPOSES = ("root", "initial", "race", "rescore")
+
+
+class TUIError(Exception):
+    """The run directory cannot be shown (no store, not a store, another schema)."""
+
+
+@dataclass(frozen=True)
+class SeedSummary:
+    """A candidate's measured runs on the primary device: mean and spread over seeds."""
+
+    n_seeds: int
+    val_mean: float
+    val_std: float | None  # None with a single seed
+    mem_mean: float
+
+
+@dataclass(frozen=True)
+class CandidateRow:
+    id: str
+    generation: int
+    idx: int
+    persona: str
+    status: str
+    parent_id: str | None
+    second_parent_id: str | None
+    commit: str | None
+    model: str
+    hypothesis: str
+    message: str
+    summary: SeedSummary | None
+    running_seeds: tuple[int, ...]
+    cost_usd: float
+
+
+@dataclass(frozen=True)
+class ArchiveRow:
+    candidate_id: str
+    val_bpb: float
+    val_std: float
+    n_seeds: int
+    peak_mem_mb: float
+    hv_contribution: float | None
+    crowding: float | None
+    persona: str
+    hypothesis: str
+
+
+@dataclass(frozen=True)
+class EventRow:
+    id: int
+    created_at: float
+    generation: int | None
+    candidate_id: str | None
+    kind: str
+    message: str
+
+
+@dataclass(frozen=True)
+class RunStatus:
+    run_dir: Path
+    session: str  # "running (pid 12)", "stopped (done)", "killed", "no session"
+    live: bool
+    generation: int  # the newest generation any candidate belongs to
+    archive_version: int  # the newest finished generation, -1 before the root is measured
+    counts: dict[str, int]
+    n_candidates: int
+    evaluations_finished: int
+    evaluations_running: int
+    cost_usd: float
+    elapsed_s: float
+    noise: NoiseFloor | None
+    noise_provisional: bool  # computed here from the root's runs, not yet stored by the loop
+    device_type: str | None
+    hypervolume: float | None
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    status: RunStatus
+    candidates: tuple[CandidateRow, ...]
+    archive: tuple[ArchiveRow, ...]
+    events: tuple[EventRow, ...]
+    evaluations: dict[str, tuple[Evaluation, ...]] = field(default_factory=dict)
+    read_at: float = 0.0
+
+    def candidate(self, cid: str) -> CandidateRow | None:
+        return next((c for c in self.candidates if c.id == cid), None)
+
+
+def open_store(run_dir: str | os.PathLike) -> Store:
+    """The run's store, read-only, or a `TUIError` saying in one line what is wrong."""
+    path = store_path(run_dir)
+    if not Path(run_dir).is_dir():
+        raise TUIError(f"no run directory at {run_dir}; pass the directory evolve was run with (--run-dir)")
+    if not path.is_file():
+        raise TUIError(f"no store at {path}; is {run_dir} a run directory? start one with evolve --generations N")
+    try:
+        store = Store.open(path, readonly=True)
+        store.schema_version()
+    except StoreError as exc:
+        raise TUIError(str(exc)) from None
+    except sqlite3.Error as exc:
+        raise TUIError(f"cannot read the store {path}: {exc}") from None
+    return store
+
+
+def read_snapshot(run_dir: str | os.PathLike, events_limit: int = 200) -> Snapshot:
+    """Everything the TUI shows, read from the store in one go (read-only)."""
+    store = open_store(run_dir)
+    try:
+        return _read(store, Path(run_dir), events_limit)
+    except sqlite3.Error as exc:
+        raise TUIError(f"cannot read the store {store.path}: {exc}") from None
+    finally:
+        store.close()
+
+
+def summarize(evals: list[Evaluation], device_type: str | None) -> SeedSummary | None:
+    """Mean and standard deviation over a candidate's successful runs that count for its
+    score, on the primary device only (results from other device types are never mixed)."""
+    runs = {}
+    for e in evals:
+        if not e.ok or e.peak_mem_mb is None or e.purpose not in SCORE_PURPOSES:
+            continue
+        if device_type is not None and e.device_type != device_type:
+            continue
+        runs[e.seed] = (float(e.val_bpb), float(e.peak_mem_mb))  # type: ignore[arg-type]
+    if not runs:
+        return None
+    if len(runs) == 1:
+        val, mem = next(iter(runs.values()))
+        return SeedSummary(1, val, None, mem)
+    f = noise_floor(list(runs.values()))
+    return SeedSummary(f.n_seeds, f.val_mean, f.val_std, f.mem_mean)
+
+
+def _read(store: Store, run_dir: Path, events_limit: int) -> Snapshot:
+    now = time.time()
+    store.db.execute("BEGIN")  # one read transaction: a consistent view while the loop writes
+    try:
+        cands = store.candidates()
+        evals = store.evaluations(include_unfinished=True)
+        events = store.events(events_limit)
+        sessions = store.sessions()
+        gens = store.generations()
+        costs = store.cost_by_candidate()
+        total_cost = store.total_cost()
+        device_type = store.get_meta("device_type")
+        stored_floor = store.get_meta("noise_floor")
+        eps = store.get_meta("epsilon")
+        ref = store.get_meta("reference")
+    finally:
+        store.db.execute("ROLLBACK")
+
+    by_cand: dict[str, list[Evaluation]] = {}
+    for e in evals:
+        by_cand.setdefault(e.candidate_id, []).append(e)
+
+    rows = []
+    for c in cands:
+        mine = by_cand.get(c.id, [])
+        rows.append(CandidateRow(
+            id=c.id, generation=c.generation, idx=c.idx, persona=c.persona, status=c.status.value,
+            parent_id=c.parent_id, second_parent_id=c.second_parent_id, commit=c.commit, model=c.model,
+            hypothesis=c.hypothesis, message=c.message, summary=summarize(mine, device_type),
+            running_seeds=tuple(sorted(e.seed for e in mine if e.status == "running")),
+            cost_usd=costs.get(c.id, 0.0),
+        ))
+
+    noise, provisional = _noise(stored_floor, by_cand.get(ROOT_ID, []), device_type)
+    personas = {c.id: c for c in cands}
+    archive_rows: list[ArchiveRow] = []
+    hv = None
+    if gens:
+        members = [Point(r["candidate_id"], float(r["val_bpb"]), float(r["peak_mem_mb"]),
+                         float(r.get("val_std", 0.0)), int(r.get("n_seeds", 1))) for r in gens[-1].archive]
+        contrib: dict[str, float] = {}
+        crowd: dict[str, float] = {}
+        hv = gens[-1].hypervolume
+        if eps and ref and members:
+            arch = ParetoArchive(eps=(float(eps[0]), float(eps[1])), ref=(float(ref[0]), float(ref[1])),
+                                 members=members)
+            contrib, crowd = arch.contributions(), arch.crowding()
+        for p in sorted(members, key=lambda p: (p.val_bpb, p.peak_mem_mb, p.candidate_id)):
+            c = personas.get(p.candidate_id)
+            archive_rows.append(ArchiveRow(
+                candidate_id=p.candidate_id, val_bpb=p.val_bpb, val_std=p.val_std, n_seeds=p.n_seeds,
+                peak_mem_mb=p.peak_mem_mb, hv_contribution=contrib.get(p.candidate_id),
+                crowding=crowd.get(p.candidate_id), persona=c.persona if c else "?",
+                hypothesis=c.hypothesis if c else "",
+            ))
+
+    counts: dict[str, int] = {}
+    for c in cands:
+        counts[c.status.value] = counts.get(c.status.value, 0) + 1
+    session, live = _session_state(sessions)
+    started = sessions[0]["started_at"] if sessions else min((c.created_at for c in cands), default=None)
+    if started is None:
+        elapsed = 0.0
+    elif live:
+        elapsed = now - started
+    else:
+        last = [s["ended_at"] for s in sessions if s["ended_at"]]
+        last += [e.finished_at or e.started_at for e in evals]
+        last += [c.updated_at for c in cands] + [e["created_at"] for e in events]
+        elapsed = max(last, default=started) - started
+
+    status = RunStatus(
+        run_dir=run_dir, session=session, live=live,
+        generation=max((c.generation for c in cands), default=0),
+        archive_version=gens[-1].generation if gens else -1,
+        counts=counts, n_candidates=len(cands),
+        evaluations_finished=sum(1 for e in evals if e.finished),
+        evaluations_running=sum(1 for e in evals if e.status == "running"),
+        cost_usd=total_cost, elapsed_s=max(0.0, elapsed), noise=noise, noise_provisional=provisional,
+        device_type=device_type, hypervolume=hv,
+    )
+    event_rows = tuple(
+        EventRow(e["id"], e["created_at"], e["generation"], e["candidate_id"], e["kind"], e["message"])
+        for e in events
+    )
+    return Snapshot(status, tuple(rows), tuple(archive_rows), event_rows,
+                    {k: tuple(v) for k, v in by_cand.items()}, now)
+
+
+def _noise(stored: dict | None, root_evals: list[Evaluation],
+           device_type: str | None) -> tuple[NoiseFloor | None, bool]:
+    if stored:
+        return NoiseFloor(float(stored["val_std"]), float(stored["mem_std"]), int(stored["n_seeds"]),
+                          float(stored["val_mean"]), float(stored["mem_mean"])), False
+    runs = [(float(e.val_bpb), float(e.peak_mem_mb)) for e in root_evals  # type: ignore[arg-type]
+            if e.ok and e.peak_mem_mb is not None and (device_type is None or e.device_type == device_type)]
+    if len(runs) < 2:
+        return None, False
+    return noise_floor(runs), True
+
+
+def _session_state(sessions: list[dict]) -> tuple[str, bool]:
+    if not sessions:
+        return "no session yet", False
+    last = sessions[-1]
+    if last["ended_at"] is not None:
+        return f"stopped ({last['outcome'] or 'ended'})", False
+    if _pid_alive(int(last["pid"])):
+        return f"running (pid {last['pid']})", True
+    return "killed (continue with evolve --resume)", False
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def format_duration(seconds: float) -> str:
+    if not math.isfinite(seconds):
+        return "-"
+    s = int(seconds)
+    if s < 3600:
+        return f"{s // 60}m{s % 60:02d}s"
+    return f"{s // 3600}h{(s % 3600) // 60:02d}m"
+
+
+def candidate_log(run_dir: str | os.PathLike, evals: tuple[Evaluation, ...] | list[Evaluation]) -> Path | None:
+    """The log of a candidate's newest run: the path the arena stored with a finished
+    evaluation, or, while a run is in flight (its path is stored only when it ends), the
+    newest `logs/<id>-s<seed>-*.log` the arena is writing (arena.execute.run_name)."""
+    if not evals:
+        return None
+    newest = max(evals, key=lambda e: e.id)
+    if newest.log_path:
+        return Path(newest.log_path)
+    safe = re.sub(r"[^A-Za-z0-9_.-]", "_", newest.candidate_id)[:40]
+    found = [p for p in (Path(run_dir) / "logs").glob(f"{safe}-s{newest.seed}-*.log")
+             if not p.name.endswith(".eval.log")]
+    if not found:
+        return None
+    return max(found, key=lambda p: p.stat().st_mtime)

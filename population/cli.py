@@ -162,10 +162,12 @@ def _run(args: argparse.Namespace, cfg: ProgramConfig, store: Store, repo: Any, 
         personas = sorted(cfg.personas) or SIM_PERSONAS
         loop = GenerationLoop(store, repo, arena, KnobProposer(), cfg, personas, slots=arena.slots, on_event=say)
     else:
+        personas = _real_personas(cfg)
         arena, slots = _real_arena(args, cfg, repo)
         stack.callback(arena.close)
-        loop = GenerationLoop(store, repo, arena, None, cfg, [], slots=slots, on_event=say)  # type: ignore[arg-type]
-        loop.proposer, loop.personas = _real_proposer(cfg, loop, store, stack)
+        loop = GenerationLoop(store, repo, arena, None, cfg, sorted(personas), slots=slots,  # type: ignore[arg-type]
+                              on_event=say, preferences={n: p.prefers for n, p in personas.items()})
+        loop.proposer = _real_proposer(cfg, loop, store, stack, say)
     say(f"run {repo.run_dir}: {mode}, {cfg.generations} generations of {cfg.population}, "
         f"budget {cfg.budget_s:g} s per run")
     outcome = loop.run()
@@ -193,21 +195,26 @@ def _real_arena(args: argparse.Namespace, cfg: ProgramConfig, repo: Any) -> tupl
     return LocalArena(repo, data_dir, slots), len(slots)
 
 
-def _real_proposer(cfg: ProgramConfig, loop: Any, store: Store, stack: contextlib.ExitStack) -> tuple[Any, list[str]]:
+def _real_personas(cfg: ProgramConfig) -> dict[str, Any]:
     try:
-        import agents
         from agents.personas import load_personas
     except ImportError as exc:
         raise CLIError(f"the agents are not available ({exc}); use --simulate") from None
+    return load_personas(cfg.personas_config())
+
+
+def _real_proposer(cfg: ProgramConfig, loop: Any, store: Store, stack: contextlib.ExitStack, say: Any) -> Any:
+    import agents
+
     pcfg = cfg.personas_config()
     embedded = None
     if agents.needs_embedded_model(pcfg):
         from agents.local_model import EmbeddedModel
 
+        say("starting the embedded local model (no --model given)")
         embedded = stack.enter_context(EmbeddedModel())
-    proposer = agents.build_proposer(pcfg, loop.on_llm_call, cfg.max_cost_usd, embedded=embedded,
-                                     spent_usd=store.total_cost())
-    return proposer, sorted(load_personas(pcfg))
+    return agents.build_proposer(pcfg, loop.on_llm_call, cfg.max_cost_usd, embedded=embedded,
+                                 spent_usd=store.total_cost())
 
 
 # -- the read-only commands ---------------------------------------------------------------------

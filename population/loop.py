@@ -45,7 +45,7 @@ from population import noise
 from population.archive import Constraints, ParetoArchive, Point
 from population.bandit import PersonaStats, choose_persona
 from population.program import ProgramConfig
-from population.selection import select_parent
+from population.selection import select_for
 from population.store import Candidate, Evaluation, GenerationRecord, LLMCall, Store
 
 log = logging.getLogger(__name__)
@@ -95,12 +95,14 @@ def _default_guard(repo: Repo, commit: str, known: set[str]) -> tuple[bool, str,
 class GenerationLoop:
     """Runs generations until a stopping criterion of program.md holds.
 
-    `personas` names the personas the bandit chooses among; `guard(repo, commit,
+    `personas` names the personas the bandit chooses among, `preferences` their parent
+    preference ("best" or "frontier", as agents.personas says); `guard(repo, commit,
     known_hashes) -> (ok, message, hash)` refuses no-ops and duplicates (default:
     arena.guards.check); `clock` is wall time (for max_hours)."""
 
     def __init__(self, store: Store, repo: Repo, arena: Arena, proposer: Proposer,
                  config: ProgramConfig, personas: list[str], slots: int,
+                 preferences: dict[str, str] | None = None,
                  guard: Callable[[Repo, str, set[str]], tuple[bool, str, str]] = _default_guard,
                  on_event: Callable[[str], None] | None = None,
                  clock: Callable[[], float] = time.time):
@@ -109,6 +111,7 @@ class GenerationLoop:
         self.store, self.repo, self.arena, self.proposer = store, repo, arena, proposer
         self.cfg = config
         self.personas = sorted(personas)
+        self.preferences = preferences or {}
         self.guard = guard
         self.on_event = on_event or (lambda msg: None)
         self.clock = clock
@@ -125,6 +128,7 @@ class GenerationLoop:
         self._inflight: dict[tuple[str, int], tuple[int, int]] = {}  # (candidate, seed) -> (evaluation id, tag)
         self._meta: dict[str, Any] = {}
         self._paired_cache: dict[tuple, noise.PairedResult] = {}
+        self._pooled_cache: dict[int, noise.PooledNoise | None] = {}
         self._proposing: dict[str, Future] = {}
         self._llm_calls: queue.Queue[LLMCall] = queue.Queue()
         self._local = threading.local()
@@ -259,14 +263,32 @@ class GenerationLoop:
         return Point(cid, statistics.fmean(vals), statistics.fmean(mems),
                      statistics.stdev(vals) if len(vals) > 1 else 0.0, len(vals))
 
-    def _paired(self, child_seeds: dict[int, tuple[float, float]], parent_id: str) -> noise.PairedResult:
+    def _paired(self, child_seeds: dict[int, tuple[float, float]], parent_id: str,
+                pooled: noise.PooledNoise | None = None) -> noise.PairedResult:
         parent = self._measurements(parent_id)
-        key = (tuple(sorted(child_seeds.items())), tuple(sorted((s, parent[s]) for s in child_seeds if s in parent)))
+        key = (tuple(sorted(child_seeds.items())), tuple(sorted((s, parent[s]) for s in child_seeds if s in parent)),
+               pooled)
         hit = self._paired_cache.get(key)
         if hit is None:
-            hit = noise.paired_comparison(child_seeds, parent, self._eps(), self._mem_margin(parent_id))
+            hit = noise.paired_comparison(child_seeds, parent, self._eps(), self._mem_margin(parent_id), pooled)
             self._paired_cache[key] = hit
         return hit
+
+    def _pooled(self, v: int) -> noise.PooledNoise | None:
+        """The pooled difference noise of every child of generations 1..v (fixed once v is
+        finished, so decisions during generation v+1 do not depend on timing)."""
+        if v not in self._pooled_cache:
+            pairs = []
+            for c in self._cands.values():
+                if c.id == ROOT_ID or not 1 <= c.generation <= v or c.parent_id is None:
+                    continue
+                mine = self._measurements(c.id, OWN_PURPOSES)
+                theirs = self._measurements(c.parent_id)
+                seeds = sorted(set(mine) & set(theirs))
+                pairs.append(([mine[s][0] - theirs[s][0] for s in seeds],
+                              [mine[s][1] - theirs[s][1] for s in seeds]))
+            self._pooled_cache[v] = noise.pooled_noise(pairs)
+        return self._pooled_cache[v]
 
     def _eps(self) -> tuple[float, float]:
         eps = self._get_meta("epsilon")
@@ -288,7 +310,8 @@ class GenerationLoop:
                 return seeds
             if not all(s in parent and parent[s].finished for s in seeds):
                 return seeds
-            result = self._paired(self._measurements(c.id, OWN_PURPOSES), c.parent_id or "")
+            result = self._paired(self._measurements(c.id, OWN_PURPOSES), c.parent_id or "",
+                                  self._pooled(c.generation - 1))
             nxt = self.race.next_count(n, result)
             if nxt == n:
                 return seeds
@@ -352,8 +375,8 @@ class GenerationLoop:
             members = [Point(r["candidate_id"], r["val_bpb"], r["peak_mem_mb"], r.get("val_std", 0.0),
                              r.get("n_seeds", 1)) for r in self._generation(v).archive]
             ref = tuple(self._get_meta("reference"))
-            parent = select_parent(members, ref, random.Random(f"{self.cfg.seed}:parent:{g}:{idx}"),  # type: ignore[arg-type]
-                                   self.cfg.parent_floor)
+            parent = select_for(self.preferences.get(persona, "frontier"), members, ref,  # type: ignore[arg-type]
+                                random.Random(f"{self.cfg.seed}:parent:{g}:{idx}"), self.cfg.parent_floor)
             self.store.add_candidate(Candidate(
                 id=cid, generation=g, idx=idx, parent_id=parent.candidate_id, persona=persona,
                 status=Status.PROPOSED, archive_version=v,
@@ -626,7 +649,7 @@ class GenerationLoop:
         for c in self._children(g):
             if c.status != Status.EVALUATED:
                 continue
-            res = self._paired(self._measurements(c.id, OWN_PURPOSES), c.parent_id or "")
+            res = self._paired(self._measurements(c.id, OWN_PURPOSES), c.parent_id or "", self._pooled(g - 1))
             results[c.id] = res
             p = self._point(c.id, g)
             violation = self.constraints.violation(p) if p else "no successful run"
@@ -666,7 +689,7 @@ class GenerationLoop:
                 self.store.set_status(cid, Status.REJECTED, f"failed on re-scoring seed {failed[0]}")
                 self._event("fell_out", f"{cid} failed on re-scoring seed {failed[0]}", g, cid)
             else:
-                res = self._paired(self._score_seeds(cid, g), c.parent_id or "")
+                res = self._paired(self._score_seeds(cid, g), c.parent_id or "", self._pooled(g - 1))
                 if res.p > self.cfg.fdr:
                     self.store.set_status(cid, Status.REJECTED, f"fell out on re-scoring: p {res.p:.3g} over {res.n} seeds")
                     self._event("fell_out", f"{cid} fell out on re-scoring (p {res.p:.3g}, {res.n} seeds)", g, cid)

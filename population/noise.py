@@ -3,7 +3,8 @@
 Flow: the root's runs over several seeds give the noise floor (the spread of val_bpb and
 peak memory when only the seed changes), and epsilon for the archive. During a
 generation each child is compared with its parent on the *same* seeds (a paired
-one-sided t-test from scipy on the per-seed differences); racing gives promising
+one-sided t-test from scipy on the per-seed differences, with the variance pooled over
+earlier generations' pairs once there are enough of them); racing gives promising
 children more seeds, up to a limit, before a decision; at the end of the generation the
 Benjamini-Hochberg procedure keeps the false-discovery rate across all of the
 generation's children at `fdr`. Archive members are re-scored on fresh seeds every few
@@ -57,13 +58,49 @@ def noise_floor(runs: list[Measurement]) -> NoiseFloor:
     )
 
 
-def one_sided_p(diffs: np.ndarray) -> float:
+@dataclass(frozen=True)
+class PooledNoise:
+    """Within-pair variance of child-minus-parent differences, pooled over many pairs
+    (earlier generations). With it a child needs far fewer seeds for the same power
+    than a t-test on its own few differences, assuming the run-to-run noise of a
+    difference is about the same for every candidate."""
+
+    var_val: float
+    var_mem: float
+    df: int
+
+
+def pooled_noise(pairs: list[tuple[list[float], list[float]]]) -> PooledNoise | None:
+    """Pool the (val, mem) differences of each pair that has at least 2 seeds."""
+    ss_val = ss_mem = 0.0
+    df = 0
+    for d_val, d_mem in pairs:
+        if len(d_val) < 2:
+            continue
+        v, m = np.asarray(d_val, dtype=float), np.asarray(d_mem, dtype=float)
+        ss_val += float(((v - v.mean()) ** 2).sum())
+        ss_mem += float(((m - m.mean()) ** 2).sum())
+        df += len(v) - 1
+    if df < 5:
+        return None
+    return PooledNoise(ss_val / df, ss_mem / df, df)
+
+
+def one_sided_p(diffs: np.ndarray, pooled_var: float | None = None, pooled_df: int = 0) -> float:
     """p-value of H0 "mean difference >= 0" against H1 "< 0" (paired t-test on the
-    differences). With no spread the answer is exact: 0 when all differences are
-    negative, 1 otherwise."""
+    differences). With `pooled_var` the variance comes from the pool (df `pooled_df`),
+    unless the differences themselves (3 or more) spread more. With no spread at all the
+    answer is exact: 0 when all differences are negative, 1 otherwise."""
     diffs = np.asarray(diffs, dtype=float)
     if len(diffs) == 0:
         return 1.0
+    if pooled_var is not None and pooled_var > 0:
+        n = len(diffs)
+        var, df = pooled_var, pooled_df
+        if n >= 3 and float(diffs.var(ddof=1)) > var:
+            var, df = float(diffs.var(ddof=1)), n - 1
+        t = float(diffs.mean()) / math.sqrt(var / n)
+        return float(stats.t.cdf(t, df))
     if len(diffs) == 1 or np.allclose(diffs, diffs[0], rtol=0, atol=1e-12):
         return 0.0 if np.all(diffs < 0) and len(diffs) > 1 else 1.0
     # the one-sample t-test of scipy.stats.ttest_1samp(diffs, 0, alternative="less"),
@@ -92,7 +129,7 @@ class PairedResult:
 
 def paired_comparison(
     child: Mapping[int, Measurement], parent: Mapping[int, Measurement],
-    eps: tuple[float, float], mem_margin: float = 0.0,
+    eps: tuple[float, float], mem_margin: float = 0.0, pooled: PooledNoise | None = None,
 ) -> PairedResult:
     """Compare on the seeds both were measured on. `p` is the evidence that the child
     is better on at least one objective (the two one-sided p-values with a Bonferroni
@@ -106,8 +143,12 @@ def paired_comparison(
     q = np.asarray([parent[s] for s in seeds], dtype=float)
     d_val = c[:, 0] - q[:, 0]
     d_mem = c[:, 1] - q[:, 1]
-    p_val = one_sided_p(d_val)
-    p_mem = one_sided_p(d_mem + mem_margin)
+    if pooled is None:
+        p_val = one_sided_p(d_val)
+        p_mem = one_sided_p(d_mem + mem_margin)
+    else:
+        p_val = one_sided_p(d_val, pooled.var_val, pooled.df)
+        p_mem = one_sided_p(d_mem + mem_margin, pooled.var_mem, pooled.df)
     m_val, m_mem = float(d_val.mean()), float(d_mem.mean())
     p = min(1.0, 2.0 * min(p_val, p_mem))
     return PairedResult(len(seeds), m_val, m_mem, p_val, p_mem, p)

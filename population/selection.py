@@ -41,3 +41,13 @@ def select_parent(members: list[Point], ref: tuple[float, float], rng: random.Ra
     weights = parent_weights(members, ref, floor)
     ordered = sorted(members, key=lambda p: p.candidate_id)
     return rng.choices(ordered, weights=[weights[p.candidate_id] for p in ordered], k=1)[0]
+
+
+def select_for(prefers: str, members: list[Point], ref: tuple[float, float], rng: random.Random,
+               floor: float = 0.2, best_share: float = 0.7) -> Point:
+    """A persona's preference (agents.personas: "best", "frontier", "failed"): "best"
+    takes the lowest-val_bpb member `best_share` of the time and a diversity draw
+    otherwise; anything else is a diversity draw."""
+    if prefers == "best" and rng.random() < best_share:
+        return min(members, key=lambda p: (p.val_bpb, p.peak_mem_mb, p.candidate_id))
+    return select_parent(members, ref, rng, floor)

@@ -113,6 +113,7 @@ class Landscape:
     rho: float = 0.7  # share of a seed's luck common to all candidates
     mem_rel_noise: float = 0.002
     mem_limit_mb: float = 8000.0  # above this the run "OOMs"
+    salt: int = 0  # another salt, another (equally distributed) draw of the noise
 
     def true(self, knobs: dict[str, float]) -> tuple[float, float]:
         k = {**_DEFAULTS, **knobs}
@@ -133,8 +134,9 @@ class Landscape:
     def observe(self, knobs: dict[str, float], seed: int) -> tuple[float, float]:
         val, mem = self.true(knobs)
         ident = tuple(sorted(knobs.items()))
-        z = self.rho * _gauss("seed", seed) + math.sqrt(1 - self.rho**2) * _gauss("run", ident, seed)
-        mem_z = _gauss("mem", ident, seed)
+        z = (self.rho * _gauss("seed", self.salt, seed)
+             + math.sqrt(1 - self.rho**2) * _gauss("run", self.salt, ident, seed))
+        mem_z = _gauss("mem", self.salt, ident, seed)
         return val + self.sigma * z, mem * (1.0 + self.mem_rel_noise * mem_z)
 
     def failure(self, knobs: dict[str, float]) -> tuple[Status, str] | None:
@@ -243,6 +245,7 @@ class SimulatedArena:
 
 
 PERSONA_STEP = {"explorer": 1.0, "tuner": 0.35}
+SIM_PREFERENCES = {"explorer": "frontier", "tuner": "best"}
 
 
 class KnobProposer:
@@ -250,9 +253,10 @@ class KnobProposer:
     function of (parent's train.py, persona, hypotheses already tried), so a resumed run gets
     the same proposals. Persona "explorer" takes large steps, "tuner" small ones."""
 
-    def __init__(self, delay_s: float = 0.0, model: str = "deterministic-knobs"):
+    def __init__(self, delay_s: float = 0.0, model: str = "deterministic-knobs", salt: int = 0):
         self.delay_s = delay_s
         self.model = model
+        self.salt = salt
 
     def propose(self, ctx: ProposalContext) -> Proposal | InvalidEdit:
         if self.delay_s:
@@ -264,7 +268,7 @@ class KnobProposer:
         names = [k.name for k in KNOBS if k.name in knobs]
         if not names:
             return InvalidEdit(ctx.parent_commit, ctx.persona, self.model, "no known knob constant in train.py")
-        key = "\n".join([ctx.parent_train_py, ctx.persona, *ctx.tried])
+        key = "\n".join([str(self.salt), ctx.parent_train_py, ctx.persona, *ctx.tried])
         rng = random.Random(int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "big"))
         step = PERSONA_STEP.get(ctx.persona, 0.6)
         for _ in range(20):
@@ -316,7 +320,8 @@ def prepare_py_text() -> str:
 
 
 def simulated_loop(run_dir, config, *, slots: int = 2, sigma: float = 0.01, run_seconds: float = 0.0,
-                   proposer=None, personas: list[str] | None = None, program_md: str = "", on_event=None):
+                   proposer=None, personas: list[str] | None = None, program_md: str = "", on_event=None,
+                   salt: int = 0):
     """Build (or reopen) a simulated run in `run_dir`: real git repository, real store,
     simulated arena, deterministic proposer unless one is given. Returns
     (loop, store, repo, arena); the caller closes store and arena."""
@@ -333,7 +338,8 @@ def simulated_loop(run_dir, config, *, slots: int = 2, sigma: float = 0.01, run_
         repo = ExperimentRepo.create(run_dir, SIM_TRAIN_PY, prepare_py_text(), program_md or "+++\n+++\n")
     store = Store.open(store_path(run_dir))
     arena = SimulatedArena(lambda c: repo.read_file(c, "train.py"), slots=slots,
-                           landscape=Landscape(sigma=sigma), run_seconds=run_seconds)
-    loop = GenerationLoop(store, repo, arena, proposer or KnobProposer(), config,
-                          personas or ["explorer", "tuner"], slots=slots, on_event=on_event)
+                           landscape=Landscape(sigma=sigma, salt=salt), run_seconds=run_seconds)
+    loop = GenerationLoop(store, repo, arena, proposer or KnobProposer(salt=salt), config,
+                          personas or ["explorer", "tuner"], slots=slots, on_event=on_event,
+                          preferences=SIM_PREFERENCES)
     return loop, store, repo, arena

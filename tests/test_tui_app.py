@@ -174,7 +174,7 @@ def test_tables_show_the_stored_rows(run_dir):
     assert seen["archive_scores"][0] == f"{mean:.4f} ± {sd:.4f} (2)"
     assert seen["events"] == ["generation", "nan", "noise_floor"]  # newest first
     header = seen["header"]
-    assert "generation 1" in header and "archive v1" in header
+    assert "generation 1 done" in header and "archive v1" in header
     assert "confirmed 3" in header and "nan 1" in header
     assert "cost $0.0123" in header
     assert f"val_bpb sd {r_sd:.5f} over 3 seeds" in header
@@ -212,7 +212,7 @@ def test_rows_added_while_the_app_runs_appear_after_a_refresh(tmp_path):
     assert seen["after"][-1] == "g002c00"
     assert seen["status"] == "running s0"  # seed 0 in flight
     assert seen["event"] == "proposed"
-    assert "generation 2" in seen["header"] and "1 running" in seen["header"]
+    assert "generation 2 in progress" in seen["header"] and "1 running" in seen["header"]
 
 
 def test_the_interval_refreshes_on_its_own(tmp_path):
@@ -282,8 +282,14 @@ def test_details_show_hypothesis_message_and_diff_against_parent(run_dir):
         await _wait(pilot, lambda: isinstance(app.screen, CandidateDetails) and app.screen.diff_text is not None,
                     "the root's details")
         seen["root_diff"] = app.screen.diff_text
+        await pilot.press("escape", "enter", "escape")  # closed before git answers: no harm
+        n = app.refreshes
+        await pilot.press("r")
+        await _wait(pilot, lambda: app.refreshes > n, "a refresh after the quick close")
+        seen["still_running"] = app.is_running and app.error is None
 
     _drive(run_dir, scenario)
+    assert seen["still_running"]
     assert "-N_EMBD = 128" in seen["diff"] and "+N_EMBD = 192" in seen["diff"]
     assert "widen: wider is better" in seen["summary"] and "confirmed g001c00" in seen["summary"]
     assert "seed 0" in seen["summary"] and "seed 1" in seen["summary"]
@@ -295,6 +301,28 @@ def test_details_show_hypothesis_message_and_diff_against_parent(run_dir):
 def _append(path: Path, text: str) -> None:
     with open(path, "a") as f:
         f.write(text)
+
+
+def test_the_focused_table_drives_the_selection(run_dir):
+    seen = {}
+
+    async def scenario(app, pilot):
+        seen["start"] = app.selected  # the archive table filling up does not steal it
+        await pilot.press("tab")  # to the archive table: its highlighted member
+        seen["tab"] = (app.focused.id, app.selected)
+        await pilot.press("down")
+        seen["down"] = app.selected
+        await pilot.press("enter")
+        await _wait(pilot, lambda: isinstance(app.screen, CandidateDetails), "the details")
+        seen["details"] = app.screen.row.id
+        await pilot.press("escape", "shift+tab")
+        seen["back"] = (app.focused.id, app.selected)
+
+    _drive(run_dir, scenario)
+    assert seen["start"] == "root"
+    assert seen["tab"] == ("archive", "g001c00")
+    assert seen["down"] == seen["details"] == "g001c01"
+    assert seen["back"] == ("population", "root")
 
 
 def test_log_tail_follows_the_selected_candidate(run_dir):

@@ -22,12 +22,13 @@ import sys
 from pathlib import Path
 from typing import ClassVar
 
-from textual import work
+from textual import events, work
 from textual.app import App, ComposeResult
 from textual.binding import Binding, BindingType
 from textual.containers import Horizontal, Vertical
+from textual.message import Message
 from textual.widgets import DataTable, Footer
-from textual.worker import get_current_worker
+from textual.worker import Worker, WorkerState
 
 from tui.archive_table import ArchiveTable
 from tui.details import CandidateDetails
@@ -74,6 +75,7 @@ class EvolveApp(App[int]):
         self.selected: str | None = None
         self.error: str | None = None
         self.refreshes = 0  # snapshots applied so far (tests wait on it)
+        self._reader: Worker | None = None
 
     def compose(self) -> ComposeResult:
         yield RunHeader(id="header")
@@ -104,17 +106,41 @@ class EvolveApp(App[int]):
     def action_refresh_now(self) -> None:
         self.refresh_from_store()
 
-    @work(thread=True, exclusive=True, group="refresh")
     def refresh_from_store(self) -> None:
-        worker = get_current_worker()
-        try:
-            snapshot = read_snapshot(self.run_dir)
-        except TUIError as exc:
-            if not worker.is_cancelled:
-                self.call_from_thread(self.query_one(RunHeader).show_error, f"cannot refresh: {exc}")
+        """Read a new snapshot in a thread, unless a read is still in flight (its result
+        is as fresh; starting another would only pile up readers on a slow disk)."""
+        if self._reader is not None and not self._reader.is_finished:
             return
-        if not worker.is_cancelled:
-            self.call_from_thread(self.apply, snapshot)
+        self._reader = self._read_store()
+
+    class SnapshotRead(Message):
+        """A refresh finished: a new snapshot, or why there is none."""
+
+        def __init__(self, snapshot: Snapshot | None, error: str | None = None) -> None:
+            super().__init__()
+            self.snapshot = snapshot
+            self.error = error
+
+    @work(thread=True, group="refresh", exit_on_error=False)
+    def _read_store(self) -> None:
+        # post_message is thread-safe and never waits: a read finishing while the app
+        # shuts down is dropped instead of failing
+        try:
+            self.post_message(self.SnapshotRead(read_snapshot(self.run_dir)))
+        except TUIError as exc:
+            self.post_message(self.SnapshotRead(None, str(exc)))
+
+    def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
+        if event.state == WorkerState.ERROR and event.worker.group == "refresh":
+            # a bug, not a bad store (those are TUIError): say so and keep watching
+            log.error("reading the store failed", exc_info=event.worker.error)
+            self.query_one(RunHeader).show_error(f"refresh failed: {event.worker.error!r}")
+
+    def on_evolve_app_snapshot_read(self, message: SnapshotRead) -> None:
+        if message.snapshot is not None:
+            self.apply(message.snapshot)
+        else:
+            self.query_one(RunHeader).show_error(f"cannot refresh: {message.error}")
 
     def apply(self, snapshot: Snapshot) -> None:
         self.snapshot = snapshot
@@ -139,8 +165,18 @@ class EvolveApp(App[int]):
     # -- selection and details ----------------------------------------------------------
 
     def on_data_table_row_highlighted(self, event: DataTable.RowHighlighted) -> None:
-        if event.data_table.id in ("population", "archive") and event.row_key.value is not None:
-            self.selected = str(event.row_key.value)
+        # only the focused table drives the selection (a table filling up moves its cursor too)
+        table = event.data_table
+        if table.id in ("population", "archive") and table.has_focus and event.row_key.value is not None:
+            self._select(str(event.row_key.value))
+
+    def on_descendant_focus(self, event: events.DescendantFocus) -> None:
+        if isinstance(event.widget, (PopulationTable, ArchiveTable)) and event.widget.selected_id is not None:
+            self._select(event.widget.selected_id)
+
+    def _select(self, cid: str) -> None:
+        if cid != self.selected:
+            self.selected = cid
             self._follow_selected()
 
     def on_data_table_row_selected(self, event: DataTable.RowSelected) -> None:

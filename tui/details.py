@@ -23,6 +23,7 @@ from textual import work
 from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
 from textual.containers import VerticalScroll
+from textual.message import Message
 from textual.screen import ModalScreen
 from textual.widgets import Static
 
@@ -99,12 +100,18 @@ class CandidateDetails(ModalScreen[None]):
         self.query_one(VerticalScroll).border_title = f"candidate {self.row.id} (escape to close)"
         self.load_diff()
 
-    @work(thread=True, exclusive=True)
-    def load_diff(self) -> None:
-        diff = diff_to_parent(self.run_dir, self.row.commit)
-        self.app.call_from_thread(self._show_diff, diff)
+    class DiffRead(Message):
+        def __init__(self, diff: str) -> None:
+            super().__init__()
+            self.diff = diff
 
-    def _show_diff(self, diff: str) -> None:
+    @work(thread=True, exclusive=True, exit_on_error=False)
+    def load_diff(self) -> None:
+        # a message, not call_from_thread: if the screen is closed first it is dropped
+        self.post_message(self.DiffRead(diff_to_parent(self.run_dir, self.row.commit)))
+
+    def on_candidate_details_diff_read(self, message: DiffRead) -> None:
+        diff = message.diff
         self.diff_text = diff
         title = Text("\ndiff against the parent (train.py)\n", style="bold")
         body = Syntax(diff, "diff", theme="ansi_dark", word_wrap=True) if diff.startswith("diff") else Text(diff)

@@ -16,7 +16,9 @@ from tui.snapshot import EventRow
 
 
 class EventsFeed(DataTable):
-    """The newest events of the run."""
+    """The newest events of the run (scrolls with the mouse; tab skips it)."""
+
+    can_focus = False
 
     def __init__(self, **kwargs) -> None:
         super().__init__(cursor_type="none", zebra_stripes=True, **kwargs)

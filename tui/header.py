@@ -24,9 +24,14 @@ def status_line(status: RunStatus) -> Text:
     text = Text()
     text.append(f"{status.run_dir}", style="bold")
     text.append(f"  {status.session}", style="green" if status.live else "yellow")
-    text.append(f"  generation {status.generation}")
+    if status.in_progress is not None:
+        text.append(f"  generation {status.in_progress} in progress")
+        if status.generation > status.in_progress:
+            text.append(f" (proposing ahead for {status.generation})")
+    else:
+        text.append(f"  generation {max(status.archive_version, 0)} done")
     archive = "-" if status.archive_version < 0 else str(status.archive_version)
-    text.append(f" (archive v{archive}")
+    text.append(f"  (archive v{archive}")
     if status.hypervolume is not None:
         text.append(f", hv {status.hypervolume:.4g}")
     text.append(")")

@@ -96,8 +96,9 @@ class RunStatus:
     run_dir: Path
     session: str  # "running (pid 12)", "stopped (done)", "killed", "no session"
     live: bool
-    generation: int  # the newest generation any candidate belongs to
+    generation: int  # the newest generation any candidate belongs to (lookahead included)
     archive_version: int  # the newest finished generation, -1 before the root is measured
+    in_progress: int | None  # the generation being measured, None when all are finished
     counts: dict[str, int]
     n_candidates: int
     evaluations_finished: int
@@ -241,10 +242,12 @@ def _read(store: Store, run_dir: Path, events_limit: int) -> Snapshot:
         last += [c.updated_at for c in cands] + [e["created_at"] for e in events]
         elapsed = max(last, default=started) - started
 
+    version = gens[-1].generation if gens else -1
     status = RunStatus(
         run_dir=run_dir, session=session, live=live,
         generation=max((c.generation for c in cands), default=0),
-        archive_version=gens[-1].generation if gens else -1,
+        archive_version=version,
+        in_progress=version + 1 if any(c.generation > version for c in cands) else None,
         counts=counts, n_candidates=len(cands),
         evaluations_finished=sum(1 for e in evals if e.finished),
         evaluations_running=sum(1 for e in evals if e.status == "running"),
@@ -313,6 +316,11 @@ def candidate_log(run_dir: str | os.PathLike, evals: tuple[Evaluation, ...] | li
     safe = re.sub(r"[^A-Za-z0-9_.-]", "_", newest.candidate_id)[:40]
     found = [p for p in (Path(run_dir) / "logs").glob(f"{safe}-s{newest.seed}-*.log")
              if not p.name.endswith(".eval.log")]
-    if not found:
-        return None
-    return max(found, key=lambda p: p.stat().st_mtime)
+    return max(found, key=_mtime, default=None)
+
+
+def _mtime(path: Path) -> float:
+    try:
+        return path.stat().st_mtime
+    except OSError:  # removed between the glob and now
+        return -1.0

@@ -5,8 +5,9 @@ itself a child subreaper (so every descendant that escapes by double-forking or
 `setsid` is re-parented to it, not to init), starts the command in a new process group
 with its stdout and stderr appended to the log file, and then, every 100 ms:
 - reaps the command when it exits;
-- samples the resident memory of its whole process tree (psutil) and kills the tree
-  when it passes the memory ceiling;
+- samples the resident memory of its whole process tree (psutil: the RSS sum, or the
+  proportional PSS sum once the RSS sum is over the ceiling, so that shared libraries
+  are not counted once per process) and kills the tree when it passes the ceiling;
 - kills the tree when the wall limit (budget + startup allowance) has passed.
 Killing is SIGTERM to the process group, a grace period, then SIGKILL to the group and
 to every remaining descendant. Whatever way the command ends, leftover descendants are
@@ -16,7 +17,7 @@ killed and reaped before the supervisor reports. SIGTERM to the supervisor itsel
 Peak memory is measured from outside the candidate: the larger of
 `getrusage(RUSAGE_CHILDREN).ru_maxrss` (max RSS of the largest process of the reaped
 tree, escaped descendants included since the supervisor reaps them) and the largest
-sampled sum of RSS over the tree. On CUDA the runner adds NVML's per-process figure.
+sampled tree sum (as above). On CUDA the runner adds NVML's per-process figure.
 
 It writes one JSON result (see `SupervisorResult`) and exits 0; it never interprets
 the candidate's output (the runner classifies).
@@ -50,7 +51,7 @@ class SupervisorResult:
     cancelled: bool
     wall_s: float
     peak_rss_mb: float  # getrusage(RUSAGE_CHILDREN).ru_maxrss
-    tree_peak_mb: float  # largest sampled sum of RSS over the tree
+    tree_peak_mb: float  # largest sampled tree sum (RSS, or PSS past the ceiling)
     gpu_peak_mb: float  # NVML per-process, 0 without a GPU
     leftovers_killed: int  # descendants still alive after the command ended
     error: str = ""
@@ -70,12 +71,28 @@ def _descendants() -> list[psutil.Process]:
 
 
 def _tree_rss() -> int:
+    """Summed resident memory of the tree. RSS counts shared pages (the CUDA and torch
+    libraries mapped by every process) once per process, so when the cheap sum is over
+    a limit callers confirm with `_tree_pss` (proportional shares, reads smaps)."""
     total = 0
     for p in _descendants():
         try:
             total += p.memory_info().rss
         except psutil.Error:
             continue
+    return total
+
+
+def _tree_pss() -> int:
+    total = 0
+    for p in _descendants():
+        try:
+            total += p.memory_full_info().pss
+        except (psutil.Error, AttributeError):
+            try:
+                total += p.memory_info().rss
+            except psutil.Error:
+                continue
     return total
 
 
@@ -101,10 +118,14 @@ def _reap_all() -> None:
 
 
 class _GpuSampler:
-    """Per-process GPU memory through NVML, summed over the supervisor's tree."""
+    """GPU memory of the candidate through NVML: per process, summed over the
+    supervisor's tree; where NVML does not report the tree's pids (a container with
+    its own pid namespace), the device's used memory above its level at start (one
+    candidate per GPU makes that the candidate's)."""
 
     def __init__(self, enabled: bool) -> None:
         self.handles: list = []
+        self.baseline: list[int] = []
         self.nvml = None
         if not enabled:
             return
@@ -116,6 +137,7 @@ class _GpuSampler:
             visible = os.environ.get("SUPERVISE_GPU_INDEX", "")
             indices = [int(v) for v in visible.split(",") if v.strip().isdigit()]
             self.handles = [pynvml.nvmlDeviceGetHandleByIndex(i) for i in indices]
+            self.baseline = [pynvml.nvmlDeviceGetMemoryInfo(h).used for h in self.handles]
         except Exception as exc:  # no driver / no pynvml: report and carry on without GPU figures
             print(f"supervise: NVML unavailable ({exc})", file=sys.stderr)
             self.nvml = None
@@ -124,16 +146,17 @@ class _GpuSampler:
         if self.nvml is None:
             return 0.0
         pids = {p.pid for p in _descendants()}
-        used = 0
-        for h in self.handles:
+        used = device = 0
+        for h, base in zip(self.handles, self.baseline):
             try:
                 procs = self.nvml.nvmlDeviceGetComputeRunningProcesses(h)
+                device += max(0, self.nvml.nvmlDeviceGetMemoryInfo(h).used - base)
             except Exception:  # transient NVML errors: skip this sample
                 continue
             for proc in procs:
                 if proc.pid in pids and proc.usedGpuMemory:
                     used += proc.usedGpuMemory
-        return used / 2**20
+        return (used or device) / 2**20
 
 
 def supervise(spec: dict) -> SupervisorResult:
@@ -195,7 +218,10 @@ def supervise(spec: dict) -> SupervisorResult:
             returncode = os.waitstatus_to_exitcode(status)
             break
         _reap_all()  # orphans re-parented to us
-        tree_peak = max(tree_peak, _tree_rss() / 2**20)
+        tree = _tree_rss()
+        if tree > mem_limit:
+            tree = _tree_pss()
+        tree_peak = max(tree_peak, tree / 2**20)
         gpu_peak = max(gpu_peak, gpu.sample())
         now = time.monotonic()
         if killing_since is None:

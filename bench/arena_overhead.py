@@ -39,7 +39,7 @@ from arena.local import trusted_harness  # noqa: E402
 from arena.records import Status  # noqa: E402
 from arena.repo import ExperimentRepo  # noqa: E402
 from arena.runner import candidate_env, run_candidate, supervised  # noqa: E402
-from arena.sandbox import Sandbox  # noqa: E402
+from arena.sandbox import Sandbox, default_mem_limit_mb  # noqa: E402
 
 
 def build_data(args, tmp: Path) -> Path:
@@ -69,11 +69,12 @@ def main() -> int:
     p.add_argument("--tiny", action="store_true", help="the tests' 2-layer model and a 10 KB cache")
     p.add_argument("--device", default="cpu", help="cpu, or a GPU index list like 0")
     p.add_argument("--no-sandbox", action="store_true")
-    p.add_argument("--mem-limit-mb", type=int, default=8192)
+    p.add_argument("--mem-limit-mb", type=int, default=None, help="default: 80%% of RAM")
     args = p.parse_args()
     logging.basicConfig(level=logging.WARNING)
 
     slot = detect_slots("cpu:1" if args.device == "cpu" else args.device)[0]
+    args.mem_limit_mb = args.mem_limit_mb or default_mem_limit_mb(1)
     sandbox = Sandbox(args.mem_limit_mb, False if args.no_sandbox else None)
     train_py = ((ROOT / "tests" / "arena_tiny_train.py") if args.tiny else (ROOT / "train_template.py")).read_text()
     with tempfile.TemporaryDirectory(prefix="arena-overhead-") as tmp_s:

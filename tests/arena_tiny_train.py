@@ -41,7 +41,7 @@ def main():
     rt = prepare.runtime()
     meta = prepare.load_meta()
     build_kwargs = dict(vocab_size=meta.vocab_size, dim=DIM)
-    model = build_model(**build_kwargs)
+    model = build_model(**build_kwargs).to(rt.device)
     opt = torch.optim.AdamW(model.parameters(), lr=LEARNING_RATE)
     loader = prepare.TrainLoader(BATCH_SIZE, SEQ_LEN, device=rt.device, seed=rt.seed)
     clock = prepare.BudgetClock(rt.budget_s, device=rt.device)
@@ -54,7 +54,8 @@ def main():
         opt.step()
         opt.zero_grad(set_to_none=True)
         clock.tick()
-    stats = {"train_loss": loss.item(), "num_steps": clock.steps, "training_seconds": clock.elapsed()}
+    stats = {"train_loss": loss.item(), "num_steps": clock.steps, "training_seconds": clock.elapsed(),
+             "device": rt.device}
     prepare.save_for_eval(model, build_kwargs, stats)
     prepare.print_summary(stats)
 

@@ -30,6 +30,7 @@ the parent). Nothing here calls an LLM, touches git or runs code from the reply.
 from __future__ import annotations
 
 import ast
+import functools
 import json
 import math
 import re
@@ -287,10 +288,14 @@ def find_knobs(source: str) -> dict[str, Knob]:
         end_col = len(last.encode()[: value.end_col_offset].decode(errors="replace"))
         tail = last[end_col:]
         comment = tail.split("#", 1)[1].strip() if "#" in tail else ""
+        if value.lineno == value.end_lineno:
+            segment = first[col:end_col]
+        else:
+            segment = "\n".join([first[col:], *lines[value.lineno : value.end_lineno - 1], last[:end_col]])
         knobs[target.id] = Knob(
             name=target.id,
             kind=_value_kind(value),
-            source=ast.get_source_segment(source, value) or "",
+            source=segment,
             lineno=value.lineno,
             col=col,
             end_lineno=value.end_lineno,
@@ -426,7 +431,9 @@ def apply_knobs(source: str, changes: dict[str, object], knobs: dict[str, Knob] 
 # Validation
 
 
+@functools.lru_cache(maxsize=16)
 def _ast_dump(source: str) -> str:
+    """The parent's normalized AST (cached: many children share one parent)."""
     return ast.dump(ast.parse(source))
 
 

@@ -169,8 +169,8 @@ def build_prompt(
 
     system = (
         f"You improve a small GPT training script, train.py, to reach a lower validation "
-        f"bits-per-byte (val_bpb) within a fixed training-time budget.\n\n"
-        f"Persona: {persona.name}\n{persona.brief}\nYou should touch: {persona.touches}\n\n"
+        f"bits-per-byte (val_bpb) within a fixed training-time budget, in the role given "
+        f"at the end of the user message.\n\n"
         f"{KNOB_RULES if fmt == 'knobs' else RULES}\n\n{FORMAT_INSTRUCTIONS[fmt]}"
     )
 
@@ -188,9 +188,19 @@ def build_prompt(
     dropped: dict[str, int] = {}
 
     def render() -> str:
+        # stable parts first (program, code), the parts that change between calls after,
+        # the persona last: a local server reuses the cached prefix of the previous prompt
         parts: list[str] = []
         if program:
             parts.append(f"## Research program (program.md)\n{program}")
+        if fmt == "knobs":
+            parts.append(f"## Constants of train.py you may change\n{_render_knobs(knobs)}")
+        else:
+            code = code_src
+            title = "## The current train.py" if not ctx.repair_of else "## The broken train.py (to repair)"
+            if code_truncated:
+                code = code[: max(budget_chars_for_code(), 0)] + "\n# ... (truncated to fit the context window)"
+            parts.append(f"{title}\n```python\n{code}\n```")
         if lineage:
             parts.append(f"## Lineage of the parent (root first)\n{_render_lineage(lineage, ctx.noise_floor)}")
         elif ctx.noise_floor is not None:
@@ -205,16 +215,9 @@ def build_prompt(
             f = ctx.repair_of
             parts.append(
                 f"## Candidate to repair: {f.candidate_id} ({f.status})\nIts hypothesis: {_one_line(f.hypothesis, 300)}\n"
-                f"What went wrong:\n```\n{f.message[-3000:]}\n```\nRepair it; the code below is the broken candidate."
+                f"What went wrong:\n```\n{f.message[-3000:]}\n```\nRepair it; the code above is the broken candidate."
             )
-        if fmt == "knobs":
-            parts.append(f"## Constants of train.py you may change\n{_render_knobs(knobs)}")
-            return "\n\n".join(parts)
-        code = code_src
-        title = "## The current train.py" if not ctx.repair_of else "## The broken train.py"
-        if code_truncated:
-            code = code[: max(budget_chars_for_code(), 0)] + "\n# ... (truncated to fit the context window)"
-        parts.append(f"{title}\n```python\n{code}\n```")
+        parts.append(f"## Your role: {persona.name}\n{persona.brief}\nYou should touch: {persona.touches}")
         return "\n\n".join(parts)
 
     def budget_chars_for_code() -> int:

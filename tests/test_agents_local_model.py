@@ -55,13 +55,21 @@ def test_unknown_model_name():
 
 @needs_parts
 def test_wrong_hash_leaves_no_file_that_looks_complete(tmp_path):
-    spec = replace(EMBEDDED_MODELS[DEFAULT_EMBEDDED_MODEL], sha256="f" * 64)
+    # the first part alone (89 MB) with a wrong hash: copied, checked, thrown away
+    full = EMBEDDED_MODELS[DEFAULT_EMBEDDED_MODEL]
+    first = part_paths(full)[0]
+    spec = replace(full, packages=full.packages[:1], size=first.stat().st_size, sha256="f" * 64)
     with pytest.raises(EmbeddedModelError, match="expected ffff"):
         assemble(spec, tmp_path)
     assert list(tmp_path.iterdir()) == []  # neither the .gguf nor a partial file
+    # parts whose sizes do not add up are refused before anything is written
+    with pytest.raises(EmbeddedModelError, match="hold .* bytes, expected"):
+        assemble(replace(spec, size=spec.size + 1), tmp_path)
+    assert list(tmp_path.iterdir()) == []
 
 
 @needs_parts
+@pytest.mark.slow
 def test_assembled_file_is_verified_and_a_corrupt_cache_is_rebuilt(tmp_path):
     spec = EMBEDDED_MODELS[DEFAULT_EMBEDDED_MODEL]
     path = assemble(spec, tmp_path)

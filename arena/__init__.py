@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # for type checkers only; at run time see __getattr__
     from arena.devices import Slot, detect_slots
     from arena.execute import ArenaConfig
     from arena.local import LocalArena
@@ -32,7 +32,17 @@ _EXPORTS = {
     "RayArena": "arena.ray_backend",
 }
 
-__all__ = sorted(_EXPORTS)
+__all__ = [
+    "ArenaConfig",
+    "ExperimentRepo",
+    "LocalArena",
+    "RayArena",
+    "RunRequest",
+    "RunResult",
+    "Slot",
+    "Status",
+    "detect_slots",
+]
 
 
 def __getattr__(name: str) -> Any:

@@ -37,7 +37,11 @@ class Slot:
                 "CUDA_VISIBLE_DEVICES": str(self.cuda_index),
                 "EVOLVE_THREADS": str(self.threads),
             }
-        return {"EVOLVE_DEVICE": "cpu", "CUDA_VISIBLE_DEVICES": "", "EVOLVE_THREADS": str(self.threads)}
+        return {
+            "EVOLVE_DEVICE": "cpu",
+            "CUDA_VISIBLE_DEVICES": "",
+            "EVOLVE_THREADS": str(self.threads),
+        }
 
 
 def cpu_name() -> str:
@@ -87,15 +91,16 @@ def cuda_devices() -> list[tuple[int, str]]:
 
 
 def parse_devices(spec: str) -> list[str]:
-    """"0,1,3" -> ["0", "1", "3"]; "cpu" -> ["cpu"]; "cpu:2" -> two CPU slots."""
+    """ "0,1,3" -> ["0", "1", "3"]; "cpu" -> ["cpu"]; "cpu:2" -> two CPU slots."""
     items = [s.strip() for s in spec.split(",") if s.strip()]
     if not items:
         raise ValueError(f"--devices {spec!r}: give GPU indices like 0,1,3, or cpu, or cpu:N")
     return items
 
 
-def detect_slots(devices: str | None = None, cpu_slots: int | None = None,
-                 threads: int | None = None) -> list[Slot]:
+def detect_slots(
+    devices: str | None = None, cpu_slots: int | None = None, threads: int | None = None
+) -> list[Slot]:
     """The device slots to run on.
 
     devices: None (every CUDA device, else CPU), "0,1,3" (those GPUs), "cpu" or
@@ -112,7 +117,9 @@ def detect_slots(devices: str | None = None, cpu_slots: int | None = None,
                 try:
                     cpu_slots = int(items[0].split(":", 1)[1])
                 except ValueError:
-                    raise ValueError(f"--devices {devices!r}: write cpu:N with N a number") from None
+                    raise ValueError(
+                        f"--devices {devices!r}: write cpu:N with N a number"
+                    ) from None
         else:
             for item in items:
                 if not item.isdigit():
@@ -122,15 +129,20 @@ def detect_slots(devices: str | None = None, cpu_slots: int | None = None,
             for item in items:
                 index = int(item)
                 if index not in found:
-                    raise ValueError(f"--devices {devices!r}: no CUDA device {index} "
-                                     f"(found {sorted(found) or 'none'})")
-                slots.append(Slot(f"cuda:{index}", "cuda", found[index], index,
-                                  max(1, total // len(items))))
+                    raise ValueError(
+                        f"--devices {devices!r}: no CUDA device {index} "
+                        f"(found {sorted(found) or 'none'})"
+                    )
+                slots.append(
+                    Slot(f"cuda:{index}", "cuda", found[index], index, max(1, total // len(items)))
+                )
             return slots
     if not want_cpu:
         found = cuda_devices()
         if found:
-            return [Slot(f"cuda:{i}", "cuda", name, i, max(1, total // len(found))) for i, name in found]
+            return [
+                Slot(f"cuda:{i}", "cuda", name, i, max(1, total // len(found))) for i, name in found
+            ]
     n = max(1, cpu_slots or 1)
     if n > total:
         raise ValueError(f"{n} CPU slots need at least {n} threads; this machine has {total}")

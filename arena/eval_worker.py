@@ -103,7 +103,9 @@ def main() -> int:
         model.load_state_dict(state)
         model.to(device).eval()
     except BaseException as exc:
-        _send_error(proto_out, f"loading model.pt into build_model(**build.json) failed: {_short_tb(exc)}")
+        _send_error(
+            proto_out, f"loading model.pt into build_model(**build.json) failed: {_short_tb(exc)}"
+        )
         return 1
     _send(proto_out, b"R", U32.pack(0))
 
@@ -122,14 +124,22 @@ def main() -> int:
             with torch.no_grad():
                 logits = model(torch.from_numpy(idx.copy()).to(device))
             if not isinstance(logits, torch.Tensor) or logits.dim() != 3:
-                raise TypeError(f"model(idx) must return a [B, T, vocab] tensor, got "
-                                f"{getattr(logits, 'shape', type(logits).__name__)}")
+                raise TypeError(
+                    f"model(idx) must return a [B, T, vocab] tensor, got "
+                    f"{getattr(logits, 'shape', type(logits).__name__)}"
+                )
             arr = logits.detach().to("cpu", torch.float32).contiguous().numpy()
         except BaseException as exc:
             _send_error(proto_out, f"model(idx) failed: {_short_tb(exc)}")
             return 1
-        _send(proto_out, b"O", U32.pack(arr.shape[0]), U32.pack(arr.shape[1]), U32.pack(arr.shape[2]),
-              arr.tobytes())
+        _send(
+            proto_out,
+            b"O",
+            U32.pack(arr.shape[0]),
+            U32.pack(arr.shape[1]),
+            U32.pack(arr.shape[2]),
+            arr.tobytes(),
+        )
 
 
 if __name__ == "__main__":

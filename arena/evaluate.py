@@ -84,7 +84,9 @@ class ModelProxy:
         while got < n:
             left = self.deadline - time.monotonic()
             if left <= 0:
-                raise WorkerError("the model worker did not answer before the evaluation time limit")
+                raise WorkerError(
+                    "the model worker did not answer before the evaluation time limit"
+                )
             ready, _, _ = select.select([fd], [], [], min(left, 1.0))
             if not ready:
                 continue
@@ -124,8 +126,10 @@ class ModelProxy:
             raise WorkerError(f"the model worker broke the protocol (got {tag!r})")
         shape = tuple(U32.unpack(self._read(4))[0] for _ in range(3))
         if shape != (b, t, self.vocab_size):
-            raise WorkerError(f"model(idx) returned logits of shape {list(shape)}, expected "
-                              f"[{b}, {t}, {self.vocab_size}]")
+            raise WorkerError(
+                f"model(idx) returned logits of shape {list(shape)}, expected "
+                f"[{b}, {t}, {self.vocab_size}]"
+            )
         data = self._read(4 * b * t * self.vocab_size)
         logits = torch.from_numpy(np.frombuffer(data, dtype=np.float32).reshape(shape).copy())
         if not bool(torch.isfinite(logits).all()):
@@ -173,7 +177,9 @@ class SpotChecked:
             changed = idx.clone()
             for row in range(b):
                 start = self.rng.randrange(0, max(1, len(self.tokens) - t))
-                changed[row, cut + 1 :] = torch.from_numpy(self.tokens[start + cut + 1 : start + t].copy())
+                changed[row, cut + 1 :] = torch.from_numpy(
+                    self.tokens[start + cut + 1 : start + t].copy()
+                )
             if torch.equal(changed[:, cut + 1 :], idx[:, cut + 1 :]):
                 changed[:, -1] = (changed[:, -1] + 1) % max(2, int(self.fn.vocab_size))
             again = self.fn(changed)
@@ -181,8 +187,10 @@ class SpotChecked:
             diff = (again[:, : cut + 1] - out[:, : cut + 1]).abs().amax(dim=(0, 2)) / scale
             if float(diff.max()) > TOLERANCE:
                 first = int(torch.nonzero(diff > TOLERANCE)[0])
-                raise NotCausal(f"on real text, logits at position {first} changed when tokens after "
-                                f"position {cut} changed (max change {float(diff.max()):.3g})")
+                raise NotCausal(
+                    f"on real text, logits at position {first} changed when tokens after "
+                    f"position {cut} changed (max change {float(diff.max()):.3g})"
+                )
             self.checks += 1
         return out
 
@@ -194,23 +202,43 @@ class SpotChecked:
         scale = max(1.0, float(out.abs().max()))
         change = float((again - out).abs().max()) / scale
         if change > TOLERANCE:
-            raise NotCausal(f"the same input gave different logits on a later call (change "
-                            f"{change:.3g}): the model keeps state between calls")
+            raise NotCausal(
+                f"the same input gave different logits on a later call (change "
+                f"{change:.3g}): the model keeps state between calls"
+            )
 
 
 def start_worker(args, sandbox) -> subprocess.Popen:
     worktree, out_dir = Path(args.worktree).resolve(), Path(args.out).resolve()
     argv = sandbox.command(
         [sys.executable, str(WORKER), str(worktree), str(out_dir), args.device, str(args.threads)],
-        cwd=worktree, readable=[worktree, out_dir, WORKER.parent], gpu=args.device == "cuda",
+        cwd=worktree,
+        readable=[worktree, out_dir, WORKER.parent],
+        gpu=args.device == "cuda",
     )
-    env = {k: v for k, v in os.environ.items()
-           if k in ("PATH", "LANG", "LC_ALL", "CUDA_VISIBLE_DEVICES", "OMP_NUM_THREADS")}
-    env.update({"EVOLVE_DEVICE": args.device, "EVOLVE_THREADS": str(args.threads), "HOME": "/tmp",
-                "PYTHONDONTWRITEBYTECODE": "1", "PYTHONNOUSERSITE": "1"})
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k in ("PATH", "LANG", "LC_ALL", "CUDA_VISIBLE_DEVICES", "OMP_NUM_THREADS")
+    }
+    env.update(
+        {
+            "EVOLVE_DEVICE": args.device,
+            "EVOLVE_THREADS": str(args.threads),
+            "HOME": "/tmp",
+            "PYTHONDONTWRITEBYTECODE": "1",
+            "PYTHONNOUSERSITE": "1",
+        }
+    )
     return subprocess.Popen(
-        argv, cwd=str(worktree), env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-        stderr=None, preexec_fn=sandbox.limits(address_space=args.device == "cpu"), close_fds=True,
+        argv,
+        cwd=str(worktree),
+        env=env,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=None,
+        preexec_fn=sandbox.limits(address_space=args.device == "cpu"),
+        close_fds=True,
     )
 
 
@@ -234,18 +262,30 @@ def run(args) -> dict:
     try:
         proxy.wait_ready()
         result["ready_seconds"] = time.monotonic() - t0  # worker started, model loaded
-        probe = prepare.causality_probe(proxy, meta.vocab_size, prepare.SEQ_LEN, "cpu",
-                                        seed=rng.randrange(2**31))
-        result["probe"] = {"ok": probe.ok, "max_change": probe.max_change,
-                           "first_bad_position": probe.first_bad_position}
+        probe = prepare.causality_probe(
+            proxy, meta.vocab_size, prepare.SEQ_LEN, "cpu", seed=rng.randrange(2**31)
+        )
+        result["probe"] = {
+            "ok": probe.ok,
+            "max_change": probe.max_change,
+            "first_bad_position": probe.first_bad_position,
+        }
         if not probe.ok:
-            raise NotCausal(f"logits at position {probe.first_bad_position} changed when later "
-                            f"tokens changed (max relative change {probe.max_change:.3g}); "
-                            "attention must be causal")
+            raise NotCausal(
+                f"logits at position {probe.first_bad_position} changed when later "
+                f"tokens changed (max relative change {probe.max_change:.3g}); "
+                "attention must be causal"
+            )
         for split, tokens in (("val", val_tokens), ("test", test_tokens)):
             checked = SpotChecked(proxy, tokens, rng)
-            bpb = prepare.evaluate_bpb(checked, tokens, meta.token_bytes, prepare.SEQ_LEN,
-                                       batch_size=args.batch_size, device="cpu")
+            bpb = prepare.evaluate_bpb(
+                checked,
+                tokens,
+                meta.token_bytes,
+                prepare.SEQ_LEN,
+                batch_size=args.batch_size,
+                device="cpu",
+            )
             checked.replay_first()
             result[f"{split}_bpb"] = bpb.bpb
             result[f"{split}_tokens"] = bpb.n_tokens
@@ -264,11 +304,15 @@ def run(args) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m arena.evaluate", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(
+        prog="python -m arena.evaluate", description=__doc__.splitlines()[0]
+    )
     p.add_argument("--worktree", required=True, help="the candidate's worktree (holds train.py)")
     p.add_argument("--out", required=True, help="its EVOLVE_OUT (model.pt, build.json)")
     p.add_argument("--data", required=True, help="the data cache (EVOLVE_DATA)")
-    p.add_argument("--prepare", required=True, help="a trusted copy of prepare.py (the root commit's)")
+    p.add_argument(
+        "--prepare", required=True, help="a trusted copy of prepare.py (the root commit's)"
+    )
     p.add_argument("--result", required=True, help="where to write the JSON result")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     p.add_argument("--threads", type=int, default=1)

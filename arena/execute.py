@@ -68,12 +68,25 @@ def note_text(result: RunResult) -> str:
     return " ".join(parts)
 
 
-def execute_run(request: RunRequest, repo: ExperimentRepo, data_dir: Path, trusted_prepare: Path,
-                slot: Slot, config: ArenaConfig, logs_dir: Path,
-                handle: RunHandle | None = None, name: str | None = None) -> RunResult:
+def execute_run(
+    request: RunRequest,
+    repo: ExperimentRepo,
+    data_dir: Path,
+    trusted_prepare: Path,
+    slot: Slot,
+    config: ArenaConfig,
+    logs_dir: Path,
+    handle: RunHandle | None = None,
+    name: str | None = None,
+) -> RunResult:
     t0 = time.monotonic()
-    base = dict(candidate_id=request.candidate_id, commit=request.commit, seed=request.seed,
-                device_type=slot.device_type, device_name=slot.device_name)
+    base = dict(
+        candidate_id=request.candidate_id,
+        commit=request.commit,
+        seed=request.seed,
+        device_type=slot.device_type,
+        device_name=slot.device_name,
+    )
     verdict = check_safety(repo, request.commit)
     if not verdict.ok:
         return RunResult(status=Status.GUARD_REFUSED, message=verdict.message, **base)
@@ -84,16 +97,29 @@ def execute_run(request: RunRequest, repo: ExperimentRepo, data_dir: Path, trust
     try:
         worktree = repo.add_worktree(request.commit, name)
         outcome = run_candidate(
-            worktree=worktree, out_dir=out_dir, log_path=log_path, data_dir=data_dir,
-            trusted_prepare=trusted_prepare, slot=slot, seed=request.seed,
-            budget_s=request.budget_s, sandbox=config.sandbox,
-            startup_allowance_s=config.startup_allowance_s, eval_timeout_s=config.eval_timeout_s,
-            term_grace_s=config.term_grace_s, handle=handle,
+            worktree=worktree,
+            out_dir=out_dir,
+            log_path=log_path,
+            data_dir=data_dir,
+            trusted_prepare=trusted_prepare,
+            slot=slot,
+            seed=request.seed,
+            budget_s=request.budget_s,
+            sandbox=config.sandbox,
+            startup_allowance_s=config.startup_allowance_s,
+            eval_timeout_s=config.eval_timeout_s,
+            term_grace_s=config.term_grace_s,
+            handle=handle,
         )
     except Exception as exc:  # the arena's own failure: reported as "not measured"
         log.exception("run %s failed inside the arena", name)
-        return RunResult(status=Status.PROPOSED, message=f"arena error (not measured): {exc}",
-                         log_path=str(log_path), wall_seconds=time.monotonic() - t0, **base)
+        return RunResult(
+            status=Status.PROPOSED,
+            message=f"arena error (not measured): {exc}",
+            log_path=str(log_path),
+            wall_seconds=time.monotonic() - t0,
+            **base,
+        )
     finally:
         if worktree is not None:
             repo.remove_worktree(worktree)
@@ -101,16 +127,28 @@ def execute_run(request: RunRequest, repo: ExperimentRepo, data_dir: Path, trust
             shutil.rmtree(out_dir, ignore_errors=True)
     claimed = dict(outcome.claimed or {})
     result = RunResult(
-        status=outcome.status, message=outcome.message, val_bpb=outcome.val_bpb,
-        test_bpb=outcome.test_bpb, peak_mem_mb=outcome.peak_mem_mb,
-        training_seconds=outcome.train_wall_s, wall_seconds=time.monotonic() - t0,
-        log_path=str(log_path), claimed=claimed, **base,
+        status=outcome.status,
+        message=outcome.message,
+        val_bpb=outcome.val_bpb,
+        test_bpb=outcome.test_bpb,
+        peak_mem_mb=outcome.peak_mem_mb,
+        training_seconds=outcome.train_wall_s,
+        wall_seconds=time.monotonic() - t0,
+        log_path=str(log_path),
+        claimed=claimed,
+        **base,
     )
     if config.annotate and result.status is not Status.PROPOSED:
         try:
             repo.annotate(request.commit, note_text(result))
         except Exception as exc:  # a failed note loses no result; say so
             log.warning("could not write the git note for %s: %s", request.commit[:10], exc)
-    log.info("%s seed %d on %s: %s %s", request.candidate_id, request.seed, slot.name,
-             result.status.value, f"val_bpb={result.val_bpb:.4f}" if result.val_bpb else "")
+    log.info(
+        "%s seed %d on %s: %s %s",
+        request.candidate_id,
+        request.seed,
+        slot.name,
+        result.status.value,
+        f"val_bpb={result.val_bpb:.4f}" if result.val_bpb else "",
+    )
     return result

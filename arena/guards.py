@@ -79,7 +79,9 @@ def check(repo: ExperimentRepo, commit: str, known_diffs: Container[str] = ()) -
     return _check(repo, commit, known_diffs, novelty=True)
 
 
-def _check(repo: ExperimentRepo, commit: str, known_diffs: Container[str], novelty: bool) -> GuardVerdict:
+def _check(
+    repo: ExperimentRepo, commit: str, known_diffs: Container[str], novelty: bool
+) -> GuardVerdict:
 
     def refuse(message: str, digest: str = "") -> GuardVerdict:
         log.info("guard refused %s: %s", commit[:10], message)
@@ -93,8 +95,9 @@ def _check(repo: ExperimentRepo, commit: str, known_diffs: Container[str], novel
         return refuse(str(exc))
     digest = normalized_hash(source)
     if not parents and novelty:
-        return refuse("the root commit is not a candidate; commit a change to train.py on top of it",
-                      digest)
+        return refuse(
+            "the root commit is not a candidate; commit a change to train.py on top of it", digest
+        )
 
     for parent, changed in repo.changed_files(commit).items():
         others = sorted(set(changed) - {EDITABLE})
@@ -109,18 +112,24 @@ def _check(repo: ExperimentRepo, commit: str, known_diffs: Container[str], novel
     except (KeyError, RepoError):
         harness_ok = False
     if not harness_ok:
-        return refuse("prepare.py differs from the root commit's; the harness must not change", digest)
+        return refuse(
+            "prepare.py differs from the root commit's; the harness must not change", digest
+        )
     try:
         compile(source, "train.py", "exec", dont_inherit=True)
     except (SyntaxError, ValueError) as exc:
         line = getattr(exc, "lineno", None)
         where = f" (line {line})" if line else ""
-        return refuse(f"train.py does not compile{where}: {exc.__class__.__name__}: {_msg(exc)}", digest)
+        return refuse(
+            f"train.py does not compile{where}: {exc.__class__.__name__}: {_msg(exc)}", digest
+        )
     if not novelty:
         return GuardVerdict(True, Status.PROPOSED, "ok", digest)
     if all(normalized_hash(repo.read_file(p, EDITABLE)) == digest for p in parents):
-        return refuse("no-op: train.py is the same as its parent's once comments and blank "
-                      "lines are ignored", digest)
+        return refuse(
+            "no-op: train.py is the same as its parent's once comments and blank lines are ignored",
+            digest,
+        )
     if digest in known_diffs:
         return refuse("duplicate: this train.py (normalised) has already been run", digest)
     return GuardVerdict(True, Status.PROPOSED, "ok", digest)
@@ -140,11 +149,46 @@ SECRET_NAME = re.compile(
     re.IGNORECASE,
 )
 SECRET_PREFIXES = (
-    "AWS_", "AZURE_", "GOOGLE_", "GCLOUD_", "GCP_", "CLOUDSDK_", "OPENAI_", "ANTHROPIC_",
-    "HF_", "HUGGING", "LITELLM_", "GROQ_", "MISTRAL_", "COHERE_", "GEMINI_", "TOGETHER_",
-    "REPLICATE_", "DEEPSEEK_", "OPENROUTER_", "WANDB_", "GITHUB_", "GH_", "GITLAB_", "SSH_",
-    "GPG_", "GNUPG", "NETRC", "DOCKER_", "KUBE", "RAY_", "SLURM_", "DATABASE_URL", "PIP_",
-    "npm_", "NPM_", "TWINE_", "VAULT_", "DIGITALOCEAN_", "CF_", "CLOUDFLARE_",
+    "AWS_",
+    "AZURE_",
+    "GOOGLE_",
+    "GCLOUD_",
+    "GCP_",
+    "CLOUDSDK_",
+    "OPENAI_",
+    "ANTHROPIC_",
+    "HF_",
+    "HUGGING",
+    "LITELLM_",
+    "GROQ_",
+    "MISTRAL_",
+    "COHERE_",
+    "GEMINI_",
+    "TOGETHER_",
+    "REPLICATE_",
+    "DEEPSEEK_",
+    "OPENROUTER_",
+    "WANDB_",
+    "GITHUB_",
+    "GH_",
+    "GITLAB_",
+    "SSH_",
+    "GPG_",
+    "GNUPG",
+    "NETRC",
+    "DOCKER_",
+    "KUBE",
+    "RAY_",
+    "SLURM_",
+    "DATABASE_URL",
+    "PIP_",
+    "npm_",
+    "NPM_",
+    "TWINE_",
+    "VAULT_",
+    "DIGITALOCEAN_",
+    "CF_",
+    "CLOUDFLARE_",
 )
 # What a candidate may keep of the parent's environment (everything else is dropped,
 # then the arena adds the contract's EVOLVE_* variables).
@@ -153,7 +197,9 @@ ALLOWED = ("PATH", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "TERM", "PYTHONHASHSEED")
 
 def is_secret_name(name: str) -> bool:
     upper = name.upper()
-    return bool(SECRET_NAME.search(name)) or upper.startswith(tuple(p.upper() for p in SECRET_PREFIXES))
+    return bool(SECRET_NAME.search(name)) or upper.startswith(
+        tuple(p.upper() for p in SECRET_PREFIXES)
+    )
 
 
 def scrub_env(env: Mapping[str, str]) -> dict[str, str]:

@@ -34,7 +34,9 @@ log = logging.getLogger(__name__)
 def check_data_dir(data_dir: Path) -> Path:
     data_dir = Path(data_dir).resolve()
     if not (data_dir / "manifest.json").is_file():
-        raise ValueError(f"no prepared data at {data_dir}; run `python prepare.py` (or `evolve prepare`)")
+        raise ValueError(
+            f"no prepared data at {data_dir}; run `python prepare.py` (or `evolve prepare`)"
+        )
     return data_dir
 
 
@@ -52,16 +54,24 @@ class LocalArena:
     Keyword settings are those of `ArenaConfig` (mem_limit_mb defaults to each slot's
     share of 80% of the machine's memory)."""
 
-    def __init__(self, repo: ExperimentRepo, data_dir: str | Path, slots: list[Slot] | None = None,
-                 *, logs_dir: str | Path | None = None, mem_limit_mb: int | None = None,
-                 **config) -> None:
+    def __init__(
+        self,
+        repo: ExperimentRepo,
+        data_dir: str | Path,
+        slots: list[Slot] | None = None,
+        *,
+        logs_dir: str | Path | None = None,
+        mem_limit_mb: int | None = None,
+        **config,
+    ) -> None:
         self.repo = repo
         self.data_dir = check_data_dir(Path(data_dir))
         self.slots = list(slots) if slots is not None else detect_slots()
         if not self.slots:
             raise ValueError("no device slots to run on")
-        self.config = ArenaConfig(mem_limit_mb=mem_limit_mb or default_mem_limit_mb(len(self.slots)),
-                                  **config)
+        self.config = ArenaConfig(
+            mem_limit_mb=mem_limit_mb or default_mem_limit_mb(len(self.slots)), **config
+        )
         self.logs_dir = Path(logs_dir) if logs_dir else repo.run_dir / "logs"
         self.logs_dir.mkdir(parents=True, exist_ok=True)
         self.config.sandbox.log_startup()
@@ -73,11 +83,16 @@ class LocalArena:
         self._results: queue.Queue[RunResult] = queue.Queue()
         self._closed = False
         self._next_id = 0
-        self._dispatcher = threading.Thread(target=self._dispatch, name="arena-dispatch", daemon=True)
+        self._dispatcher = threading.Thread(
+            target=self._dispatch, name="arena-dispatch", daemon=True
+        )
         self._dispatcher.start()
-        log.info("arena: %d slot(s): %s; memory ceiling %d MB per candidate",
-                 len(self.slots), ", ".join(f"{s.name} [{s.device_name}, {s.threads} threads]"
-                                            for s in self.slots), self.config.mem_limit_mb)
+        log.info(
+            "arena: %d slot(s): %s; memory ceiling %d MB per candidate",
+            len(self.slots),
+            ", ".join(f"{s.name} [{s.device_name}, {s.threads} threads]" for s in self.slots),
+            self.config.mem_limit_mb,
+        )
 
     # ---- the API ------------------------------------------------------------------
 
@@ -160,8 +175,13 @@ class LocalArena:
 
     @staticmethod
     def _cancelled(req: RunRequest) -> RunResult:
-        return RunResult(candidate_id=req.candidate_id, commit=req.commit, seed=req.seed,
-                         status=Status.PROPOSED, message="cancelled before it ran; not measured")
+        return RunResult(
+            candidate_id=req.candidate_id,
+            commit=req.commit,
+            seed=req.seed,
+            status=Status.PROPOSED,
+            message="cancelled before it ran; not measured",
+        )
 
     def _dispatch(self) -> None:
         while True:
@@ -175,20 +195,38 @@ class LocalArena:
                 run_id = self._next_id
                 self._next_id += 1
                 handle = RunHandle()
-                thread = threading.Thread(target=self._run, args=(run_id, req, slot, handle),
-                                          name=f"arena-{slot.name}", daemon=True)
+                thread = threading.Thread(
+                    target=self._run,
+                    args=(run_id, req, slot, handle),
+                    name=f"arena-{slot.name}",
+                    daemon=True,
+                )
                 self._running[run_id] = (req, handle, thread)
                 thread.start()
 
     def _run(self, run_id: int, req: RunRequest, slot: Slot, handle: RunHandle) -> None:
         try:
-            result = execute_run(req, self.repo, self.data_dir, self._prepare, slot, self.config,
-                                 self.logs_dir, handle)
+            result = execute_run(
+                req,
+                self.repo,
+                self.data_dir,
+                self._prepare,
+                slot,
+                self.config,
+                self.logs_dir,
+                handle,
+            )
         except Exception as exc:  # never lose a candidate
             log.exception("run of %s failed", req.candidate_id)
-            result = RunResult(candidate_id=req.candidate_id, commit=req.commit, seed=req.seed,
-                               status=Status.PROPOSED, message=f"arena error (not measured): {exc}",
-                               device_type=slot.device_type, device_name=slot.device_name)
+            result = RunResult(
+                candidate_id=req.candidate_id,
+                commit=req.commit,
+                seed=req.seed,
+                status=Status.PROPOSED,
+                message=f"arena error (not measured): {exc}",
+                device_type=slot.device_type,
+                device_name=slot.device_name,
+            )
         self._results.put(result)
         with self._cond:
             self._running.pop(run_id, None)

@@ -33,8 +33,17 @@ from arena.sandbox import default_mem_limit_mb
 log = logging.getLogger(__name__)
 
 
-def _task(request: RunRequest, run_dir: str, data_dir: str, prepare_text: bytes, device_type: str,
-          threads: int, config: ArenaConfig, logs_dir: str, name: str) -> RunResult:
+def _task(
+    request: RunRequest,
+    run_dir: str,
+    data_dir: str,
+    prepare_text: bytes,
+    device_type: str,
+    threads: int,
+    config: ArenaConfig,
+    logs_dir: str,
+    name: str,
+) -> RunResult:
     """Body of one Ray task (runs on a worker node)."""
     import tempfile
 
@@ -56,8 +65,19 @@ def _task(request: RunRequest, run_dir: str, data_dir: str, prepare_text: bytes,
         prepare.write_bytes(prepare_text)
 
         def work() -> None:
-            box.append(execute_run(request, repo, Path(data_dir), prepare, slot, config,
-                                   Path(logs_dir), handle, name))
+            box.append(
+                execute_run(
+                    request,
+                    repo,
+                    Path(data_dir),
+                    prepare,
+                    slot,
+                    config,
+                    Path(logs_dir),
+                    handle,
+                    name,
+                )
+            )
 
         worker = threading.Thread(target=work, daemon=True)
         worker.start()
@@ -77,31 +97,48 @@ class RayArena:
     slots: how many runs at once and of what kind (default: the GPUs Ray sees, else
     the local CPU slots of `detect_slots`)."""
 
-    def __init__(self, repo: ExperimentRepo, data_dir: str | Path, slots: list[Slot] | None = None,
-                 *, logs_dir: str | Path | None = None, mem_limit_mb: int | None = None,
-                 **config) -> None:
+    def __init__(
+        self,
+        repo: ExperimentRepo,
+        data_dir: str | Path,
+        slots: list[Slot] | None = None,
+        *,
+        logs_dir: str | Path | None = None,
+        mem_limit_mb: int | None = None,
+        **config,
+    ) -> None:
         import ray
 
         if not ray.is_initialized():
-            raise RuntimeError("call ray.init() (or ray.init(address=...)) before making a RayArena")
+            raise RuntimeError(
+                "call ray.init() (or ray.init(address=...)) before making a RayArena"
+            )
         self.repo = repo
         self.data_dir = check_data_dir(Path(data_dir))
         if slots is None:
             gpus = int(ray.cluster_resources().get("GPU", 0))
-            slots = ([Slot(f"cuda:{i}", "cuda", "cuda", i, 1) for i in range(gpus)] if gpus
-                     else detect_slots())
+            slots = (
+                [Slot(f"cuda:{i}", "cuda", "cuda", i, 1) for i in range(gpus)]
+                if gpus
+                else detect_slots()
+            )
         self.slots = list(slots)
         self.device_type = self.slots[0].device_type
-        self.config = ArenaConfig(mem_limit_mb=mem_limit_mb or default_mem_limit_mb(len(self.slots)),
-                                  **config)
+        self.config = ArenaConfig(
+            mem_limit_mb=mem_limit_mb or default_mem_limit_mb(len(self.slots)), **config
+        )
         self.logs_dir = Path(logs_dir) if logs_dir else repo.run_dir / "logs"
         self.logs_dir.mkdir(parents=True, exist_ok=True)
         self.config.sandbox.log_startup()
         self._prepare = repo.read_bytes(repo.root_commit, "prepare.py")
-        resources = ({"num_gpus": 1, "num_cpus": 1} if self.device_type == "cuda"
-                     else {"num_cpus": self.slots[0].threads})
+        resources = (
+            {"num_gpus": 1, "num_cpus": 1}
+            if self.device_type == "cuda"
+            else {"num_cpus": self.slots[0].threads}
+        )
         self._remote = ray.remote(max_retries=0, **resources)(_task).options(
-            runtime_env={"env_vars": {"PYTHONPATH": str(PACKAGE_ROOT)}})
+            runtime_env={"env_vars": {"PYTHONPATH": str(PACKAGE_ROOT)}}
+        )
         self._lock = threading.Lock()
         self._inflight: dict = {}  # ObjectRef -> RunRequest
         self._done: list[RunResult] = []
@@ -114,9 +151,17 @@ class RayArena:
             if self._closed:
                 raise RuntimeError("the arena is closed")
             name = run_name(request)
-            ref = self._remote.remote(request, str(self.repo.run_dir), str(self.data_dir),
-                                      self._prepare, self.device_type, self.slots[0].threads,
-                                      self.config, str(self.logs_dir), name)
+            ref = self._remote.remote(
+                request,
+                str(self.repo.run_dir),
+                str(self.data_dir),
+                self._prepare,
+                self.device_type,
+                self.slots[0].threads,
+                self.config,
+                str(self.logs_dir),
+                name,
+            )
             self._inflight[ref] = (request, name)
 
     def poll(self, timeout: float | None = 0.0) -> list[RunResult]:
@@ -146,12 +191,22 @@ class RayArena:
             return ray.get(ref)
         except (ray.exceptions.TaskCancelledError, ray.exceptions.WorkerCrashedError):
             self._cleanup(name)
-            return RunResult(candidate_id=request.candidate_id, commit=request.commit, seed=request.seed,
-                             status=Status.PROPOSED, message="cancelled by the arena; not measured")
+            return RunResult(
+                candidate_id=request.candidate_id,
+                commit=request.commit,
+                seed=request.seed,
+                status=Status.PROPOSED,
+                message="cancelled by the arena; not measured",
+            )
         except ray.exceptions.RayError as exc:
             log.error("ray task for %s failed: %s", request.candidate_id, exc)
-            return RunResult(candidate_id=request.candidate_id, commit=request.commit, seed=request.seed,
-                             status=Status.PROPOSED, message=f"arena error (not measured): {exc}")
+            return RunResult(
+                candidate_id=request.candidate_id,
+                commit=request.commit,
+                seed=request.seed,
+                status=Status.PROPOSED,
+                message=f"arena error (not measured): {exc}",
+            )
 
     def _cleanup(self, name: str, wait_s: float = 15.0) -> None:
         """Ray reports a cancelled task at once; give the task's own cleanup (its
@@ -199,4 +254,3 @@ class RayArena:
 
     def __exit__(self, *exc) -> None:
         self.close()
-

@@ -261,6 +261,7 @@ class ExperimentRepo:
     @_locked
     def list_worktrees(self) -> list[Path]:
         out = self._repo.git.worktree("list", "--porcelain")
-        paths = [Path(line.split(" ", 1)[1]) for line in out.splitlines() if line.startswith("worktree ")]
+        paths = [
+            Path(line.split(" ", 1)[1]) for line in out.splitlines() if line.startswith("worktree ")
+        ]
         return [p for p in paths if p.resolve() != self.run_dir]
-

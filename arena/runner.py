@@ -28,7 +28,6 @@ import subprocess
 import sys
 import tempfile
 import threading
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -88,8 +87,9 @@ class RunHandle:
                 self._proc.terminate()
 
 
-def candidate_env(slot: Slot, seed: int, budget_s: float, out_dir: Path, data_dir: Path,
-                  home: Path) -> dict[str, str]:
+def candidate_env(
+    slot: Slot, seed: int, budget_s: float, out_dir: Path, data_dir: Path, home: Path
+) -> dict[str, str]:
     """The contract's environment for a candidate: scrubbed base + EVOLVE_* variables."""
     env = scrub_env(os.environ)
     env.setdefault("PATH", "/usr/local/bin:/usr/bin:/bin")
@@ -115,17 +115,31 @@ def candidate_env(slot: Slot, seed: int, budget_s: float, out_dir: Path, data_di
     return env
 
 
-def supervised(argv: list[str], cwd: Path, env: dict[str, str], log_path: Path,
-               wall_limit_s: float, sandbox: Sandbox, slot: Slot, handle: RunHandle | None,
-               term_grace_s: float = 3.0, address_space: bool = True) -> dict:
+def supervised(
+    argv: list[str],
+    cwd: Path,
+    env: dict[str, str],
+    log_path: Path,
+    wall_limit_s: float,
+    sandbox: Sandbox,
+    slot: Slot,
+    handle: RunHandle | None,
+    term_grace_s: float = 3.0,
+    address_space: bool = True,
+) -> dict:
     """Run `argv` under `python -m arena.supervise` and return its JSON report."""
     with tempfile.TemporaryDirectory(prefix="evolve-supervise-") as tmp:
         spec_path, result_path = Path(tmp) / "spec.json", Path(tmp) / "result.json"
         spec = {
-            "argv": argv, "cwd": str(cwd), "env": env, "log_path": str(log_path),
-            "wall_limit_s": wall_limit_s, "mem_limit_mb": sandbox.mem_limit_mb,
+            "argv": argv,
+            "cwd": str(cwd),
+            "env": env,
+            "log_path": str(log_path),
+            "wall_limit_s": wall_limit_s,
+            "mem_limit_mb": sandbox.mem_limit_mb,
             "address_space": address_space and slot.device_type == "cpu",
-            "term_grace_s": term_grace_s, "gpu": slot.device_type == "cuda",
+            "term_grace_s": term_grace_s,
+            "gpu": slot.device_type == "cuda",
         }
         spec_path.write_text(json.dumps(spec))
         sup_env = scrub_env(os.environ)
@@ -134,8 +148,11 @@ def supervised(argv: list[str], cwd: Path, env: dict[str, str], log_path: Path,
             sup_env["SUPERVISE_GPU_INDEX"] = str(slot.cuda_index)
         proc = subprocess.Popen(
             [sys.executable, "-m", "arena.supervise", str(spec_path), str(result_path)],
-            env=sup_env, cwd=str(PACKAGE_ROOT), stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+            env=sup_env,
+            cwd=str(PACKAGE_ROOT),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
         )
         if handle is not None:
             handle.attach(proc)
@@ -151,8 +168,10 @@ def supervised(argv: list[str], cwd: Path, env: dict[str, str], log_path: Path,
             if handle is not None:
                 handle.attach(None)
         if not result_path.exists():
-            raise RuntimeError(f"supervisor exited {proc.returncode} without a report: "
-                               f"{err.decode(errors='replace').strip()[-500:]}")
+            raise RuntimeError(
+                f"supervisor exited {proc.returncode} without a report: "
+                f"{err.decode(errors='replace').strip()[-500:]}"
+            )
         report = json.loads(result_path.read_text())
     if report.get("error") and report.get("returncode") is None:
         raise RuntimeError(report["error"])
@@ -180,20 +199,17 @@ def traceback_tail(text: str, lines: int = TAIL_LINES) -> str:
 
 
 def parse_summary(text: str) -> dict:
-    """The candidate's own `---` block (autoresearch format), values as floats where
-    they parse. Informational only."""
+    """The candidate's own last `---` block (autoresearch format), values as floats
+    where they parse. Informational only."""
+    lines = text.splitlines()
+    if "---" not in lines:
+        return {}
+    start = len(lines) - lines[::-1].index("---")
     out: dict = {}
-    idx = text.rfind("\n---\n")
-    if idx < 0 and text.startswith("---\n"):
-        idx = -1
-    if idx == -1 and not text.startswith("---\n"):
-        return out
-    for line in text[idx + 5 if idx >= 0 else 4:].splitlines():
-        if ":" not in line:
-            break
-        key, _, value = line.partition(":")
+    for line in lines[start:]:
+        key, sep, value = line.partition(":")
         key, value = key.strip(), value.strip()
-        if not key or " " in key:
+        if not sep or not key or " " in key:
             break
         try:
             out[key] = float(value)
@@ -216,33 +232,49 @@ def read_claimed(out_dir: Path, log_text: str) -> dict:
     return claimed
 
 
-def classify_training(report: dict, log_text: str, out_dir: Path, budget_s: float,
-                      allowance_s: float, prepare_changed: bool) -> tuple[Status, str]:
+def classify_training(
+    report: dict,
+    log_text: str,
+    out_dir: Path,
+    budget_s: float,
+    allowance_s: float,
+    prepare_changed: bool,
+) -> tuple[Status, str]:
     rc = report["returncode"]
     if report["cancelled"]:
         return Status.PROPOSED, "cancelled by the arena before it finished; not measured"
     if report["timed_out"]:
-        return Status.TIMEOUT, (f"killed at the wall limit of {budget_s + allowance_s:.0f} s "
-                                f"(budget {budget_s:g} s + startup allowance {allowance_s:g} s); "
-                                "train.py must stop when BudgetClock.done")
+        return Status.TIMEOUT, (
+            f"killed at the wall limit of {budget_s + allowance_s:.0f} s "
+            f"(budget {budget_s:g} s + startup allowance {allowance_s:g} s); "
+            "train.py must stop when BudgetClock.done"
+        )
     if report["mem_killed"]:
-        return Status.OOM, (f"killed at the memory ceiling ({report['tree_peak_mb']:.0f} MB "
-                            "resident across its processes)")
+        return Status.OOM, (
+            f"killed at the memory ceiling ({report['tree_peak_mb']:.0f} MB "
+            "resident across its processes)"
+        )
     if prepare_changed:
-        return Status.CONTRACT_ERROR, ("prepare.py in the worktree was modified during the run; "
-                                       "the harness must not be touched; results discarded")
+        return Status.CONTRACT_ERROR, (
+            "prepare.py in the worktree was modified during the run; "
+            "the harness must not be touched; results discarded"
+        )
     if rc != 0:
         tail = traceback_tail(log_text)
         if OOM_PATTERNS.search(tail):
             return Status.OOM, f"out of memory (ceiling applies to every candidate):\n{tail}"
         if rc == -9:
-            return Status.OOM, ("killed by SIGKILL from outside the arena (most likely the "
-                                f"kernel's OOM killer):\n{tail}")
+            return Status.OOM, (
+                "killed by SIGKILL from outside the arena (most likely the "
+                f"kernel's OOM killer):\n{tail}"
+            )
         return Status.CRASHED, f"exited with code {rc}:\n{tail}"
     missing = [n for n in ("model.pt", "build.json") if not (out_dir / n).is_file()]
     if missing:
-        return Status.CONTRACT_ERROR, (f"exited 0 without a checkpoint ({', '.join(missing)} missing "
-                                       "in EVOLVE_OUT); train.py must call prepare.save_for_eval")
+        return Status.CONTRACT_ERROR, (
+            f"exited 0 without a checkpoint ({', '.join(missing)} missing "
+            "in EVOLVE_OUT); train.py must call prepare.save_for_eval"
+        )
     return Status.RUNNING, "trained"
 
 
@@ -270,23 +302,38 @@ def run_candidate(
     log_path.parent.mkdir(parents=True, exist_ok=True)
     env = candidate_env(slot, seed, budget_s, out_dir.resolve(), Path(data_dir).resolve(), home)
     argv = sandbox.command(
-        [sys.executable, "train.py"], cwd=worktree, writable=[worktree, out_dir],
-        data_dir=data_dir, readonly_files=[worktree / "prepare.py"],
+        [sys.executable, "train.py"],
+        cwd=worktree,
+        writable=[worktree, out_dir],
+        data_dir=data_dir,
+        readonly_files=[worktree / "prepare.py"],
         gpu=slot.device_type == "cuda",
     )
     with open(log_path, "ab") as f:
-        f.write(f"# arena: train.py on {slot.name} ({slot.device_name}), seed {seed}, "
-                f"budget {budget_s:g} s\n".encode())
-    report = supervised(argv, worktree, env, log_path, budget_s + startup_allowance_s, sandbox, slot,
-                        handle, term_grace_s)
+        f.write(
+            f"# arena: train.py on {slot.name} ({slot.device_name}), seed {seed}, "
+            f"budget {budget_s:g} s\n".encode()
+        )
+    report = supervised(
+        argv,
+        worktree,
+        env,
+        log_path,
+        budget_s + startup_allowance_s,
+        sandbox,
+        slot,
+        handle,
+        term_grace_s,
+    )
     text = log_tail(log_path)
     trusted = trusted_prepare.read_bytes()
     try:
         prepare_changed = (worktree / "prepare.py").read_bytes() != trusted
     except OSError:
         prepare_changed = True
-    status, message = classify_training(report, text, out_dir, budget_s, startup_allowance_s,
-                                        prepare_changed)
+    status, message = classify_training(
+        report, text, out_dir, budget_s, startup_allowance_s, prepare_changed
+    )
     claimed = read_claimed(out_dir, text)
     peak = max(report["peak_rss_mb"], report["tree_peak_mb"])
     if slot.device_type == "cuda":
@@ -295,57 +342,122 @@ def run_candidate(
     if status is not Status.RUNNING:
         return Outcome(status, message, **common)
     if handle is not None and handle.cancelled:
-        return Outcome(Status.PROPOSED, "cancelled by the arena before evaluation; not measured",
-                       **common)
+        return Outcome(
+            Status.PROPOSED, "cancelled by the arena before evaluation; not measured", **common
+        )
     ev_status, ev_message, val_bpb, test_bpb, eval_wall = evaluate(
-        worktree=worktree, out_dir=out_dir, log_path=log_path.with_suffix(".eval.log"),
-        data_dir=data_dir, trusted_prepare=trusted_prepare, slot=slot, seed=seed, sandbox=sandbox,
-        eval_timeout_s=eval_timeout_s, term_grace_s=term_grace_s, handle=handle,
+        worktree=worktree,
+        out_dir=out_dir,
+        log_path=log_path.with_suffix(".eval.log"),
+        data_dir=data_dir,
+        trusted_prepare=trusted_prepare,
+        slot=slot,
+        seed=seed,
+        sandbox=sandbox,
+        eval_timeout_s=eval_timeout_s,
+        term_grace_s=term_grace_s,
+        handle=handle,
     )
-    return Outcome(ev_status, ev_message, val_bpb=val_bpb, test_bpb=test_bpb,
-                   eval_wall_s=eval_wall, **common)
+    return Outcome(
+        ev_status, ev_message, val_bpb=val_bpb, test_bpb=test_bpb, eval_wall_s=eval_wall, **common
+    )
 
 
-def evaluate(*, worktree: Path, out_dir: Path, log_path: Path, data_dir: Path,
-             trusted_prepare: Path, slot: Slot, seed: int, sandbox: Sandbox,
-             eval_timeout_s: float, term_grace_s: float = 3.0,
-             handle: RunHandle | None = None) -> tuple[Status, str, float | None, float | None, float]:
+def evaluate(
+    *,
+    worktree: Path,
+    out_dir: Path,
+    log_path: Path,
+    data_dir: Path,
+    trusted_prepare: Path,
+    slot: Slot,
+    seed: int,
+    sandbox: Sandbox,
+    eval_timeout_s: float,
+    term_grace_s: float = 3.0,
+    handle: RunHandle | None = None,
+) -> tuple[Status, str, float | None, float | None, float]:
     """Run the trusted evaluator on a trained worktree: (status, message, val_bpb,
     test_bpb, wall seconds)."""
     result_path = out_dir.parent / f"{out_dir.name}.eval.json"
     argv = [
-        sys.executable, "-m", "arena.evaluate",
-        "--worktree", str(worktree.resolve()), "--out", str(out_dir.resolve()),
-        "--data", str(Path(data_dir).resolve()), "--prepare", str(trusted_prepare.resolve()),
-        "--device", "cuda" if slot.device_type == "cuda" else "cpu",
-        "--threads", str(slot.threads), "--result", str(result_path),
-        "--mem-limit-mb", str(sandbox.mem_limit_mb),
-        "--sandbox", {None: "auto", True: "on", False: "off"}[sandbox.use_bwrap],
-        "--timeout-s", str(eval_timeout_s),
+        sys.executable,
+        "-m",
+        "arena.evaluate",
+        "--worktree",
+        str(worktree.resolve()),
+        "--out",
+        str(out_dir.resolve()),
+        "--data",
+        str(Path(data_dir).resolve()),
+        "--prepare",
+        str(trusted_prepare.resolve()),
+        "--device",
+        "cuda" if slot.device_type == "cuda" else "cpu",
+        "--threads",
+        str(slot.threads),
+        "--result",
+        str(result_path),
+        "--mem-limit-mb",
+        str(sandbox.mem_limit_mb),
+        "--sandbox",
+        {None: "auto", True: "on", False: "off"}[sandbox.use_bwrap],
+        "--timeout-s",
+        str(eval_timeout_s),
     ]
     env = scrub_env(os.environ)
     env.update(slot.env())
-    env.update({"PYTHONPATH": str(PACKAGE_ROOT), "PYTHONDONTWRITEBYTECODE": "1",
-                "HOME": str(out_dir / "home"), "OMP_NUM_THREADS": str(slot.threads)})
+    env.update(
+        {
+            "PYTHONPATH": str(PACKAGE_ROOT),
+            "PYTHONDONTWRITEBYTECODE": "1",
+            "HOME": str(out_dir / "home"),
+            "OMP_NUM_THREADS": str(slot.threads),
+        }
+    )
     # The evaluator is trusted code: its address space is not capped (it forwards the
     # ceiling to the candidate's model worker, which is).
-    report = supervised(argv, PACKAGE_ROOT, env, log_path, eval_timeout_s + 30, sandbox, slot,
-                        handle, term_grace_s, address_space=False)
+    report = supervised(
+        argv,
+        PACKAGE_ROOT,
+        env,
+        log_path,
+        eval_timeout_s + 30,
+        sandbox,
+        slot,
+        handle,
+        term_grace_s,
+        address_space=False,
+    )
     wall = report["wall_s"]
     if report["cancelled"]:
-        return Status.PROPOSED, "cancelled by the arena during evaluation; not measured", None, None, wall
+        return (
+            Status.PROPOSED,
+            "cancelled by the arena during evaluation; not measured",
+            None,
+            None,
+            wall,
+        )
     try:
         result = json.loads(result_path.read_text())
     except (OSError, ValueError):
         tail = traceback_tail(log_tail(log_path))
         why = "timed out" if report["timed_out"] else f"exited {report['returncode']}"
-        return Status.CONTRACT_ERROR, f"the evaluator {why} without a result:\n{tail}", None, None, wall
+        return (
+            Status.CONTRACT_ERROR,
+            f"the evaluator {why} without a result:\n{tail}",
+            None,
+            None,
+            wall,
+        )
     finally:
         result_path.unlink(missing_ok=True)
     if result["status"] == "arena_error":  # not the candidate's fault
         raise RuntimeError(result["message"])
     status = Status(result["status"])
     val, test = result.get("val_bpb"), result.get("test_bpb")
-    if status is Status.EVALUATED and not all(isinstance(v, float) and math.isfinite(v) for v in (val, test)):
+    if status is Status.EVALUATED and not all(
+        isinstance(v, float) and math.isfinite(v) for v in (val, test)
+    ):
         return Status.NAN, "the evaluator produced a non-finite bpb", None, None, wall
     return status, result["message"], val, test, wall

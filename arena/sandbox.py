@@ -42,8 +42,15 @@ from typing import Callable, Sequence
 log = logging.getLogger(__name__)
 
 ETC_FILES = (
-    "/etc/ld.so.cache", "/etc/ld.so.conf", "/etc/ld.so.conf.d", "/etc/localtime",
-    "/etc/passwd", "/etc/group", "/etc/nsswitch.conf", "/etc/hosts", "/etc/alternatives",
+    "/etc/ld.so.cache",
+    "/etc/ld.so.conf",
+    "/etc/ld.so.conf.d",
+    "/etc/localtime",
+    "/etc/passwd",
+    "/etc/group",
+    "/etc/nsswitch.conf",
+    "/etc/hosts",
+    "/etc/alternatives",
 )
 SYSTEM_DIRS = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32", "/opt/conda")
 PR_SET_PDEATHSIG = 1
@@ -57,8 +64,15 @@ def python_roots() -> list[Path]:
     """Directories the Python installation and its packages live in."""
     roots = {Path(sys.prefix), Path(sys.base_prefix), Path(os.path.realpath(sys.executable)).parent}
     for entry in sys.path:
-        if entry and os.path.isdir(entry) and ("site-packages" in entry or "dist-packages" in entry
-                                               or entry.startswith(sys.base_prefix)):
+        if (
+            entry
+            and os.path.isdir(entry)
+            and (
+                "site-packages" in entry
+                or "dist-packages" in entry
+                or entry.startswith(sys.base_prefix)
+            )
+        ):
             roots.add(Path(entry))
     # keep only the outermost directories
     resolved = sorted({r.resolve() for r in roots if r.exists()}, key=lambda p: len(p.parts))
@@ -85,8 +99,9 @@ class Sandbox:
             return None
         path = bwrap_path()
         if path is None and self.use_bwrap:
-            raise RuntimeError("bubblewrap requested but `bwrap` is not installed "
-                               "(apt-get install bubblewrap)")
+            raise RuntimeError(
+                "bubblewrap requested but `bwrap` is not installed (apt-get install bubblewrap)"
+            )
         return path
 
     def describe(self) -> list[str]:
@@ -109,8 +124,11 @@ class Sandbox:
     def log_startup(self) -> None:
         missing = self.describe()
         if not missing:
-            log.info("sandbox: bubblewrap %s, memory ceiling %d MB per candidate",
-                     self.bwrap, self.mem_limit_mb)
+            log.info(
+                "sandbox: bubblewrap %s, memory ceiling %d MB per candidate",
+                self.bwrap,
+                self.mem_limit_mb,
+            )
         for line in missing:
             log.warning("sandbox NOT enforced: %s", line)
 
@@ -130,8 +148,19 @@ class Sandbox:
         bwrap = self.bwrap
         if bwrap is None:
             return list(argv)
-        args = [bwrap, "--unshare-all", "--die-with-parent", "--cap-drop", "ALL",
-                "--hostname", "sandbox", "--proc", "/proc", "--tmpfs", "/tmp"]
+        args = [
+            bwrap,
+            "--unshare-all",
+            "--die-with-parent",
+            "--cap-drop",
+            "ALL",
+            "--hostname",
+            "sandbox",
+            "--proc",
+            "/proc",
+            "--tmpfs",
+            "/tmp",
+        ]
         args += ["--dev-bind", "/dev", "/dev"] if gpu else ["--dev", "/dev"]
         for d in SYSTEM_DIRS:
             if os.path.islink(d):

@@ -187,13 +187,29 @@ def supervise(spec: dict) -> SupervisorResult:
     with open(spec["log_path"], "ab", buffering=0) as log_file:
         try:
             proc = subprocess.Popen(
-                spec["argv"], cwd=spec["cwd"], env=spec["env"], stdin=subprocess.DEVNULL,
-                stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True,
-                preexec_fn=limits, close_fds=True,
+                spec["argv"],
+                cwd=spec["cwd"],
+                env=spec["env"],
+                stdin=subprocess.DEVNULL,
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                preexec_fn=limits,
+                close_fds=True,
             )
         except OSError as exc:
-            return SupervisorResult(None, False, False, cancelled, 0.0, 0.0, 0.0, 0.0, 0,
-                                    error=f"could not start {spec['argv'][0]}: {exc}")
+            return SupervisorResult(
+                None,
+                False,
+                False,
+                cancelled,
+                0.0,
+                0.0,
+                0.0,
+                0.0,
+                0,
+                error=f"could not start {spec['argv'][0]}: {exc}",
+            )
     pgid = proc.pid
     wall_limit = float(spec["wall_limit_s"])
     grace = float(spec.get("term_grace_s", 3.0))
@@ -258,8 +274,18 @@ def supervise(spec: dict) -> SupervisorResult:
     _reap_all()
     wall = time.monotonic() - start
     peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024  # KiB on Linux
-    return SupervisorResult(returncode, timed_out, mem_killed, cancelled, wall, peak, tree_peak,
-                            gpu_peak, leftovers, error)
+    return SupervisorResult(
+        returncode,
+        timed_out,
+        mem_killed,
+        cancelled,
+        wall,
+        peak,
+        tree_peak,
+        gpu_peak,
+        leftovers,
+        error,
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

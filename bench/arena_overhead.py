@@ -53,7 +53,9 @@ def build_data(args, tmp: Path) -> Path:
     default = Path.home() / ".cache" / "evolve" / "data" / "kjv-byte"
     if (default / "manifest.json").exists():
         return default
-    subprocess.run([sys.executable, str(ROOT / "prepare.py"), "--data-dir", str(tmp / "data")], check=True)
+    subprocess.run(
+        [sys.executable, str(ROOT / "prepare.py"), "--data-dir", str(tmp / "data")], check=True
+    )
     return tmp / "data"
 
 
@@ -76,15 +78,33 @@ def main() -> int:
     slot = detect_slots("cpu:1" if args.device == "cpu" else args.device)[0]
     args.mem_limit_mb = args.mem_limit_mb or default_mem_limit_mb(1)
     sandbox = Sandbox(args.mem_limit_mb, False if args.no_sandbox else None)
-    train_py = ((ROOT / "tests" / "arena_tiny_train.py") if args.tiny else (ROOT / "train_template.py")).read_text()
+    train_py = (
+        (ROOT / "tests" / "arena_tiny_train.py") if args.tiny else (ROOT / "train_template.py")
+    ).read_text()
     with tempfile.TemporaryDirectory(prefix="arena-overhead-") as tmp_s:
         tmp = Path(tmp_s)
         data_dir = build_data(args, tmp)
-        repo = ExperimentRepo.create(tmp / "run", train_py, (ROOT / "prepare.py").read_text(), "# bench\n")
-        commit = repo.commit_candidate(repo.root_commit, train_py + "\n# bench candidate\nX = 1\n", "bench")
+        repo = ExperimentRepo.create(
+            tmp / "run", train_py, (ROOT / "prepare.py").read_text(), "# bench\n"
+        )
+        commit = repo.commit_candidate(
+            repo.root_commit, train_py + "\n# bench candidate\nX = 1\n", "bench"
+        )
         prepare = trusted_harness(repo)
-        t = {k: [] for k in ("wt_add", "wt_remove", "start_bare", "start_torch", "train_over",
-                             "eval_ready", "eval_compute", "eval_total", "train_wall")}
+        t = {
+            k: []
+            for k in (
+                "wt_add",
+                "wt_remove",
+                "start_bare",
+                "start_torch",
+                "train_over",
+                "eval_ready",
+                "eval_compute",
+                "eval_total",
+                "train_wall",
+            )
+        }
         results = []
         for rep in range(args.reps):
             t0 = time.perf_counter()
@@ -94,15 +114,29 @@ def main() -> int:
             out.mkdir(parents=True)
             env = candidate_env(slot, rep, args.budget, out, data_dir, out)
             for key, code in (("start_bare", "pass"), ("start_torch", "import torch, prepare")):
-                argv = sandbox.command([sys.executable, "-c", code], cwd=wt, writable=[wt, out],
-                                       data_dir=data_dir, gpu=slot.device_type == "cuda")
+                argv = sandbox.command(
+                    [sys.executable, "-c", code],
+                    cwd=wt,
+                    writable=[wt, out],
+                    data_dir=data_dir,
+                    gpu=slot.device_type == "cuda",
+                )
                 t0 = time.perf_counter()
                 rep_ = supervised(argv, wt, env, out / "start.log", 60, sandbox, slot, None)
                 assert rep_["returncode"] == 0, (out / "start.log").read_text()
                 t[key].append(time.perf_counter() - t0)
-            outcome = run_candidate(worktree=wt, out_dir=out, log_path=out.parent / f"bench-{rep}.log",
-                                    data_dir=data_dir, trusted_prepare=prepare, slot=slot, seed=rep,
-                                    budget_s=args.budget, sandbox=sandbox, eval_timeout_s=1800)
+            outcome = run_candidate(
+                worktree=wt,
+                out_dir=out,
+                log_path=out.parent / f"bench-{rep}.log",
+                data_dir=data_dir,
+                trusted_prepare=prepare,
+                slot=slot,
+                seed=rep,
+                budget_s=args.budget,
+                sandbox=sandbox,
+                eval_timeout_s=1800,
+            )
             if outcome.status is not Status.EVALUATED:
                 print(f"run {rep}: {outcome.status.value}: {outcome.message}", file=sys.stderr)
                 return 1
@@ -112,13 +146,32 @@ def main() -> int:
             t["eval_total"].append(outcome.eval_wall_s)
             # the evaluator once more, directly, for its internal split
             res_path = out.parent / f"bench-{rep}.json"
-            cmd = [sys.executable, "-m", "arena.evaluate", "--worktree", str(wt), "--out", str(out),
-                   "--data", str(data_dir), "--prepare", str(prepare), "--result", str(res_path),
-                   "--device", slot.device_type, "--threads", str(slot.threads),
-                   "--mem-limit-mb", str(args.mem_limit_mb),
-                   "--sandbox", "off" if args.no_sandbox else "auto"]
-            subprocess.run(cmd, cwd=ROOT, check=True, capture_output=True,
-                           env=dict(os.environ, **slot.env()))
+            cmd = [
+                sys.executable,
+                "-m",
+                "arena.evaluate",
+                "--worktree",
+                str(wt),
+                "--out",
+                str(out),
+                "--data",
+                str(data_dir),
+                "--prepare",
+                str(prepare),
+                "--result",
+                str(res_path),
+                "--device",
+                slot.device_type,
+                "--threads",
+                str(slot.threads),
+                "--mem-limit-mb",
+                str(args.mem_limit_mb),
+                "--sandbox",
+                "off" if args.no_sandbox else "auto",
+            ]
+            subprocess.run(
+                cmd, cwd=ROOT, check=True, capture_output=True, env=dict(os.environ, **slot.env())
+            )
             ev = json.loads(res_path.read_text())
             t["eval_ready"].append(ev["ready_seconds"])
             t["eval_compute"].append(ev["eval_seconds"] - ev["ready_seconds"])
@@ -129,10 +182,12 @@ def main() -> int:
 
     m = {k: med(v) for k, v in t.items()}
     fixed = m["wt_add"] + m["wt_remove"] + m["train_over"] + m["eval_total"]
-    print(f"arena overhead per candidate ({'tiny model' if args.tiny else 'seed train.py'}, "
-          f"{slot.name} [{slot.device_name}, {slot.threads} threads], "
-          f"sandbox {'off' if args.no_sandbox or sandbox.bwrap is None else 'bubblewrap'}, "
-          f"median of {args.reps}, budget {args.budget:g} s)")
+    print(
+        f"arena overhead per candidate ({'tiny model' if args.tiny else 'seed train.py'}, "
+        f"{slot.name} [{slot.device_name}, {slot.threads} threads], "
+        f"sandbox {'off' if args.no_sandbox or sandbox.bwrap is None else 'bubblewrap'}, "
+        f"median of {args.reps}, budget {args.budget:g} s)"
+    )
     rows = [
         ("worktree create", m["wt_add"]),
         ("worktree remove", m["wt_remove"]),
@@ -145,9 +200,13 @@ def main() -> int:
     ]
     for name, value in rows:
         print(f"  {name:<52} {value:7.2f} s")
-    print(f"  {'fixed overhead per candidate':<52} {fixed:7.2f} s  = {100 * fixed / 300:.1f}% of a 300 s budget")
-    print(f"  trusted val_bpb per run: {', '.join(f'{a:.4f}' for a, _ in results)} "
-          f"(re-evaluation gives {', '.join(f'{b:.4f}' for _, b in results)})")
+    print(
+        f"  {'fixed overhead per candidate':<52} {fixed:7.2f} s  = {100 * fixed / 300:.1f}% of a 300 s budget"
+    )
+    print(
+        f"  trusted val_bpb per run: {', '.join(f'{a:.4f}' for a, _ in results)} "
+        f"(re-evaluation gives {', '.join(f'{b:.4f}' for _, b in results)})"
+    )
     return 0
 
 

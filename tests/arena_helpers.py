@@ -65,7 +65,9 @@ def survivors(run_dir: Path, marker: str | None = None) -> list[str]:
                 continue
             if p.status() == psutil.STATUS_ZOMBIE:
                 continue
-            if p.cwd().startswith(run + "/worktrees") or p.environ().get("EVOLVE_OUT", "").startswith(run):
+            if p.cwd().startswith(run + "/worktrees") or p.environ().get(
+                "EVOLVE_OUT", ""
+            ).startswith(run):
                 found.append(f"{p.pid}: {cmd}")
         except (psutil.Error, OSError):
             continue

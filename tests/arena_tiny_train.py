@@ -54,8 +54,12 @@ def main():
         opt.step()
         opt.zero_grad(set_to_none=True)
         clock.tick()
-    stats = {"train_loss": loss.item(), "num_steps": clock.steps, "training_seconds": clock.elapsed(),
-             "device": rt.device}
+    stats = {
+        "train_loss": loss.item(),
+        "num_steps": clock.steps,
+        "training_seconds": clock.elapsed(),
+        "device": rt.device,
+    }
     prepare.save_for_eval(model, build_kwargs, stats)
     prepare.print_summary(stats)
 

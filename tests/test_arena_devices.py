@@ -41,7 +41,9 @@ def test_bad_device_lists_are_refused():
 @pytest.mark.skipif(has_cuda, reason="this machine has a GPU")
 def test_without_a_gpu_the_default_is_one_cpu_slot():
     [slot] = detect_slots()
-    assert slot.device_type == "cpu" and slot.threads == (int(os.environ.get("EVOLVE_THREADS", 0)) or os.cpu_count())
+    assert slot.device_type == "cpu" and slot.threads == (
+        int(os.environ.get("EVOLVE_THREADS", 0)) or os.cpu_count()
+    )
 
 
 @pytest.mark.gpu

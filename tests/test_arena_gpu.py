@@ -14,9 +14,14 @@ def test_candidates_run_pinned_to_their_gpu_and_are_measured_there(tmp_path):
     data_dir = build_cache(tmp_path / "data")
     repo = make_repo(tmp_path / "run")
     index, name = cuda_devices()[0]
-    leak = repo.commit_candidate(repo.root_commit, TINY_TRAIN.replace(
-        "h = torch.relu(self.hidden(h) + self.prev(shifted))",
-        "h = torch.relu(self.hidden(h) + self.prev(shifted) + h.mean(dim=1, keepdim=True))"), "leak")
+    leak = repo.commit_candidate(
+        repo.root_commit,
+        TINY_TRAIN.replace(
+            "h = torch.relu(self.hidden(h) + self.prev(shifted))",
+            "h = torch.relu(self.hidden(h) + self.prev(shifted) + h.mean(dim=1, keepdim=True))",
+        ),
+        "leak",
+    )
     with LocalArena(repo, data_dir, detect_slots(str(index)), mem_limit_mb=16384) as arena:
         arena.submit(RunRequest("root", repo.root_commit, 0, 2.0))
         arena.submit(RunRequest("leak", leak, 0, 2.0))

@@ -19,8 +19,11 @@ def test_a_real_change_passes(tmp_path):
 
 def test_diff_touching_another_file_is_refused(tmp_path):
     repo = _repo(tmp_path)
-    c = repo.commit_files([repo.root_commit], {"train.py": TINY_TRAIN.replace("DIM = 32", "DIM = 24"),
-                                               "program.md": "be greedy\n"}, "x")
+    c = repo.commit_files(
+        [repo.root_commit],
+        {"train.py": TINY_TRAIN.replace("DIM = 32", "DIM = 24"), "program.md": "be greedy\n"},
+        "x",
+    )
     v = check(repo, c, set())
     assert not v.ok and v.status is Status.GUARD_REFUSED
     assert v.message == "the diff changes program.md besides train.py; only train.py may change"
@@ -49,7 +52,9 @@ def test_file_that_does_not_compile_is_refused_with_the_line(tmp_path):
 
 def test_comment_only_change_is_a_no_op(tmp_path):
     repo = _repo(tmp_path)
-    c = repo.commit_candidate(repo.root_commit, "# a comment\n" + TINY_TRAIN.replace("DIM = 32", "DIM = 32  # same"), "x")
+    c = repo.commit_candidate(
+        repo.root_commit, "# a comment\n" + TINY_TRAIN.replace("DIM = 32", "DIM = 32  # same"), "x"
+    )
     v = check(repo, c, set())
     assert not v.ok and v.message.startswith("no-op")
 
@@ -58,7 +63,9 @@ def test_duplicate_is_refused(tmp_path):
     repo = _repo(tmp_path)
     a = repo.commit_candidate(repo.root_commit, TINY_TRAIN.replace("DIM = 32", "DIM = 24"), "a")
     seen = {check(repo, a, set()).normalized_diff_hash}
-    b = repo.commit_candidate(repo.root_commit, TINY_TRAIN.replace("DIM = 32", "DIM = 24   # again"), "b")
+    b = repo.commit_candidate(
+        repo.root_commit, TINY_TRAIN.replace("DIM = 32", "DIM = 24   # again"), "b"
+    )
     v = check(repo, b, seen)
     assert not v.ok and v.message.startswith("duplicate")
 
@@ -70,10 +77,21 @@ def test_root_is_not_a_candidate_but_may_run(tmp_path):
 
 
 def test_credentials_are_scrubbed():
-    env = {"PATH": "/usr/bin", "LANG": "C.UTF-8", "OPENAI_API_KEY": "sk-1", "GITHUB_TOKEN": "g",
-           "AWS_SECRET_ACCESS_KEY": "a", "AWS_ACCESS_KEY_ID": "b", "HF_TOKEN": "h",
-           "ANTHROPIC_API_KEY": "c", "MY_PASSWORD": "p", "HOME": "/root", "PYTHONPATH": "/x",
-           "LD_PRELOAD": "/evil.so", "SSH_AUTH_SOCK": "/tmp/agent"}
+    env = {
+        "PATH": "/usr/bin",
+        "LANG": "C.UTF-8",
+        "OPENAI_API_KEY": "sk-1",
+        "GITHUB_TOKEN": "g",
+        "AWS_SECRET_ACCESS_KEY": "a",
+        "AWS_ACCESS_KEY_ID": "b",
+        "HF_TOKEN": "h",
+        "ANTHROPIC_API_KEY": "c",
+        "MY_PASSWORD": "p",
+        "HOME": "/root",
+        "PYTHONPATH": "/x",
+        "LD_PRELOAD": "/evil.so",
+        "SSH_AUTH_SOCK": "/tmp/agent",
+    }
     assert scrub_env(env) == {"PATH": "/usr/bin", "LANG": "C.UTF-8"}
     assert is_secret_name("OPENAI_API_KEY") and is_secret_name("GOOGLE_APPLICATION_CREDENTIALS")
     assert not is_secret_name("PATH")

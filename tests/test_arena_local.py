@@ -56,7 +56,9 @@ def test_two_slots_at_once_give_the_same_results_as_one_after_the_other(world):
 
 def test_cancel_stops_queued_and_running_runs(world):
     repo, data_dir = world
-    sleeper = repo.commit_candidate(repo.root_commit, "import time\nwhile True:\n    time.sleep(1)\n", "sleeper")
+    sleeper = repo.commit_candidate(
+        repo.root_commit, "import time\nwhile True:\n    time.sleep(1)\n", "sleeper"
+    )
     with LocalArena(repo, data_dir, detect_slots("cpu:1"), mem_limit_mb=2048) as arena:
         arena.submit(RunRequest("sleeper", sleeper, 0, 60.0))
         arena.submit(RunRequest("sleeper", sleeper, 1, 60.0))
@@ -87,18 +89,54 @@ def test_evaluator_entry_point_scores_a_trained_checkpoint(world, tmp_path):
     repo, data_dir = world
     out = tmp_path / "out"
     with repo.worktree(repo.root_commit) as wt:
-        env = dict(os.environ, EVOLVE_BUDGET_S="2", EVOLVE_SEED="0", EVOLVE_DEVICE="cpu",
-                   EVOLVE_OUT=str(out), EVOLVE_DATA=str(data_dir), EVOLVE_THREADS="1")
-        subprocess.run([sys.executable, "train.py"], cwd=wt, env=env, check=True, capture_output=True)
+        env = dict(
+            os.environ,
+            EVOLVE_BUDGET_S="2",
+            EVOLVE_SEED="0",
+            EVOLVE_DEVICE="cpu",
+            EVOLVE_OUT=str(out),
+            EVOLVE_DATA=str(data_dir),
+            EVOLVE_THREADS="1",
+        )
+        subprocess.run(
+            [sys.executable, "train.py"], cwd=wt, env=env, check=True, capture_output=True
+        )
         result = tmp_path / "result.json"
         proc = subprocess.run(
-            [sys.executable, "-m", "arena.evaluate", "--worktree", str(wt), "--out", str(out),
-             "--data", str(data_dir), "--prepare", str(ROOT / "prepare.py"), "--result", str(result),
-             "--mem-limit-mb", "3000"],
-            cwd=ROOT, capture_output=True, text=True, timeout=120,
+            [
+                sys.executable,
+                "-m",
+                "arena.evaluate",
+                "--worktree",
+                str(wt),
+                "--out",
+                str(out),
+                "--data",
+                str(data_dir),
+                "--prepare",
+                str(ROOT / "prepare.py"),
+                "--result",
+                str(result),
+                "--mem-limit-mb",
+                "3000",
+            ],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=120,
         )
     assert proc.returncode == 0, proc.stderr
     res = json.loads(result.read_text())
     assert res["status"] == "evaluated" and res["probe"]["ok"] is True
     assert 0 < res["val_bpb"] < 8 and 0 < res["test_bpb"] < 8
     assert res["val_spot_checks"] >= 1 and res["test_spot_checks"] >= 1
+
+
+def test_claimed_numbers_are_parsed_from_the_last_summary_block():
+    from arena.runner import parse_summary, traceback_tail
+
+    log = "step 1\n---\nval_bpb: 9\n\nmore\n---\nval_bpb: 0.010000\nnote: fast run\nbad line\n"
+    assert parse_summary(log) == {"val_bpb": 0.01, "note": "fast run"}
+    assert parse_summary("no block here\n") == {}
+    tb = "noise\nTraceback (most recent call last):\n  File x\nKeyError: 'k'\n"
+    assert traceback_tail(tb) == "Traceback (most recent call last):\n  File x\nKeyError: 'k'"

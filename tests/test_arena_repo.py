@@ -31,16 +31,28 @@ def test_open_refuses_a_plain_directory(tmp_path):
 
 def test_candidate_commit_changes_only_train_py_and_git_log_shows_lineage(tmp_path):
     repo = make_repo(tmp_path / "run")
-    a = repo.commit_candidate(repo.root_commit, TINY_TRAIN.replace("DIM = 32", "DIM = 24"), "persona x: smaller")
-    b = repo.commit_candidate(a, TINY_TRAIN.replace("DIM = 32", "DIM = 16"), "persona y: smaller still")
+    a = repo.commit_candidate(
+        repo.root_commit, TINY_TRAIN.replace("DIM = 32", "DIM = 24"), "persona x: smaller"
+    )
+    b = repo.commit_candidate(
+        a, TINY_TRAIN.replace("DIM = 32", "DIM = 16"), "persona y: smaller still"
+    )
     assert repo.parents(b) == [a] and repo.parents(a) == [repo.root_commit]
     assert repo.changed_files(b) == {a: ["train.py"]}
     assert "DIM = 16" in repo.read_file(b, "train.py")
     assert repo.lineage(b) == [b, a, repo.root_commit]
-    log = subprocess.run(["git", "log", "--format=%s", b], cwd=repo.run_dir, capture_output=True,
-                         text=True, check=True).stdout.splitlines()
-    assert log == ["persona y: smaller still", "persona x: smaller",
-                   "root: template train.py, harness prepare.py, program.md"]
+    log = subprocess.run(
+        ["git", "log", "--format=%s", b],
+        cwd=repo.run_dir,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.splitlines()
+    assert log == [
+        "persona y: smaller still",
+        "persona x: smaller",
+        "root: template train.py, harness prepare.py, program.md",
+    ]
     # the run directory's own checkout is untouched
     assert (repo.run_dir / "train.py").read_text() == TINY_TRAIN
 
@@ -48,7 +60,9 @@ def test_candidate_commit_changes_only_train_py_and_git_log_shows_lineage(tmp_pa
 def test_merge_of_disjoint_edits_has_two_parents(tmp_path):
     repo = make_repo(tmp_path / "run")
     a = repo.commit_candidate(repo.root_commit, TINY_TRAIN.replace("DIM = 32", "DIM = 24"), "a")
-    b = repo.commit_candidate(repo.root_commit, TINY_TRAIN.replace("LEARNING_RATE = 1e-2", "LEARNING_RATE = 2e-2"), "b")
+    b = repo.commit_candidate(
+        repo.root_commit, TINY_TRAIN.replace("LEARNING_RATE = 1e-2", "LEARNING_RATE = 2e-2"), "b"
+    )
     m = repo.merge(a, b, "crossover of a and b")
     assert m is not None and repo.parents(m) == [a, b]
     merged = repo.read_file(m, "train.py")
@@ -69,8 +83,11 @@ def test_notes_carry_metrics(tmp_path):
     assert repo.note(a) == ""
     repo.annotate(a, "seed 0: evaluated val_bpb=1.23")
     repo.annotate(a, "seed 1: evaluated val_bpb=1.25")
-    assert repo.note(a).splitlines() == ["seed 0: evaluated val_bpb=1.23", "",
-                                         "seed 1: evaluated val_bpb=1.25"]
+    assert repo.note(a).splitlines() == [
+        "seed 0: evaluated val_bpb=1.23",
+        "",
+        "seed 1: evaluated val_bpb=1.25",
+    ]
 
 
 def test_worktree_is_removed_and_commit_stays(tmp_path):

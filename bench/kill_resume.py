@@ -56,8 +56,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--trials", type=int, default=10)
     ap.add_argument("--generations", type=int, default=3)
     ap.add_argument("--population", type=int, default=3)
-    ap.add_argument("--min-delay", type=float, default=0.5)
-    ap.add_argument("--max-delay", type=float, default=3.0)
+    ap.add_argument("--max-kills", type=int, default=12, help="after this many kills a trial runs to the end")
     a = ap.parse_args(argv)
     args = ["--simulate", "--generations", str(a.generations), "--population", str(a.population),
             "--sim-run-seconds", "0.02", "-q"]
@@ -71,8 +70,9 @@ def main(argv: list[str] | None = None) -> int:
             print(err.decode())
             return 1
         ref = read(ref_dir)
+        duration = time.time() - t0
         print(f"reference: {len(ref[0])} evaluations, {len(ref[2])} candidates, archive {len(ref[1])} "
-              f"({time.time() - t0:.1f} s)")
+              f"({duration:.1f} s); kills at uniform random times in [0.2 s, {duration:.1f} s] after each start")
         print("| trial | kills | evaluations lost at a kill | interrupted runs redone | same evaluations "
               "| same statuses | same archive |")
         print("|---|---|---|---|---|---|---|")
@@ -86,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
                 p = start(run_dir, args, resume=attempts > 0)
                 attempts += 1
                 try:
-                    p.wait(timeout=rng.uniform(a.min_delay, a.max_delay))
+                    p.wait(timeout=rng.uniform(0.2, duration) if kills < a.max_kills else None)
                 except subprocess.TimeoutExpired:
                     p.send_signal(signal.SIGKILL)
                     p.wait()

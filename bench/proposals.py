@@ -147,8 +147,18 @@ def run_arena(args: argparse.Namespace) -> int:
     template = (ROOT / "train_template.py").read_text()
     repo = ExperimentRepo.create(run_dir / "run", template, (ROOT / "prepare.py").read_text(), "# bench\n")
     commits = {"root": repo.root_commit}
+    seen: dict[str, str] = {}
     for c in children:
-        commits[c.stem] = repo.commit_candidate(repo.root_commit, c.read_text(), f"bench {c.stem}")
+        text = c.read_text()
+        if text in seen:  # the same edit proposed twice is measured once
+            print(f"{c.stem}: same file as {seen[text]}, measured once")
+            continue
+        seen[text] = c.stem
+        if len(commits) > args.max_children:
+            print(f"{c.stem}: left out (--max-children {args.max_children})")
+            continue
+        commits[c.stem] = repo.commit_candidate(repo.root_commit, text, f"bench {c.stem}")
+    children = [c for c in children if c.stem in commits]
     seeds = list(range(args.seeds))
     arena = LocalArena(repo, data_dir, detect_slots(None))
     results: dict[str, dict[int, float | None]] = {k: {} for k in commits}
@@ -199,6 +209,7 @@ def main() -> int:
     ap.add_argument("--arena", default=None, help="second stage: directory written by --out")
     ap.add_argument("--budget", type=float, default=20.0)
     ap.add_argument("--seeds", type=int, default=3)
+    ap.add_argument("--max-children", type=int, default=10)
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     return run_arena(args) if args.arena else run_proposals(args)

@@ -87,6 +87,14 @@ def is_local_base(api_base: str | None) -> bool:
     return host in ("127.0.0.1", "localhost", "::1") or host.startswith("127.")
 
 
+def supports_json_mode(model: str) -> bool:
+    """Whether litellm says the model takes `response_format` (JSON mode)."""
+    try:
+        return "response_format" in (_litellm().get_supported_openai_params(model=model) or [])
+    except Exception:  # unknown provider: do not send the parameter
+        return False
+
+
 def check_api_key(model: str, api_base: str | None = None, api_key_env: str | None = None) -> None:
     """Raise MissingAPIKey naming the environment variable when the model needs a key
     that is not set. Local servers (127.0.0.1) need none."""

@@ -30,7 +30,7 @@ from agents.edits import (
     parse_whole_file,
     validate_train_py,
 )
-from agents.llm import LLMCallFailed, LLMClient, is_local_base
+from agents.llm import LLMCallFailed, LLMClient, is_local_base, supports_json_mode
 from agents.personas import Persona, PersonaConfigError
 from agents.prompts import Prompt, build_prompt, repair_messages
 from agents.proposal import InvalidEdit, Proposal, ProposalContext
@@ -167,7 +167,7 @@ class LLMProposer:
     @staticmethod
     def _repairable(result: InvalidEdit) -> bool:
         r = result.reason
-        return "does not match" in r or "matches " in r and "places" in r
+        return ("does not match" in r) or ("matches " in r and " places in " in r)
 
     def _call(self, persona: Persona, messages: list[dict[str, str]], fmt: str, base: str) -> str:
         response_format = None
@@ -179,7 +179,7 @@ class LLMProposer:
             if schema is not None and is_local_base(persona.api_base):
                 # llama.cpp turns the schema into a grammar: the reply is always valid JSON
                 response_format = {"type": "json_object", "schema": schema}
-            else:
+            elif supports_json_mode(persona.model or ""):
                 response_format = {"type": "json_object"}
         reply = self.client.complete(
             persona=persona.name,

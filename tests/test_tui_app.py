@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from arena.records import RunResult, Status
+from arena.execute import run_name
+from arena.records import RunRequest, RunResult, Status
 from arena.repo import ExperimentRepo
 from population.store import Candidate, GenerationRecord, LLMCall, Store, store_path
 from tui.app import EvolveApp, main, run
@@ -350,8 +351,10 @@ def test_a_running_candidates_log_is_found_before_its_path_is_stored(tmp_path):
                                   status=Status.PROPOSED, archive_version=1, commit=commits["g001c00"]))
     store.set_status("g002c00", Status.RUNNING)
     store.start_evaluation("g002c00", 3, 2, "initial")
-    (tmp_path / "run" / "logs" / "g002c00-s3-dddddd.log").write_text("warming up\n")
-    (tmp_path / "run" / "logs" / "g002c00-s3-dddddd.eval.log").write_text("evaluator\n")
+    # named as the arena names it (arena.execute.run_name); the path is stored when the run ends
+    name = run_name(RunRequest("g002c00", commits["g001c00"], 3, 1.0))
+    (tmp_path / "run" / "logs" / f"{name}.log").write_text("warming up\n")
+    (tmp_path / "run" / "logs" / f"{name}.eval.log").write_text("evaluator\n")
     seen = {}
 
     async def scenario(app, pilot):

@@ -67,6 +67,14 @@ class EvolveApp(App[int]):
     LogTail { height: 1fr; }
     """
 
+    class SnapshotRead(Message):
+        """A refresh finished: a new snapshot, or why there is none."""
+
+        def __init__(self, snapshot: Snapshot | None, error: str | None = None) -> None:
+            super().__init__()
+            self.snapshot = snapshot
+            self.error = error
+
     def __init__(self, run_dir: str | os.PathLike, interval: float = REFRESH_S) -> None:
         super().__init__()
         self.run_dir = Path(run_dir)
@@ -76,6 +84,7 @@ class EvolveApp(App[int]):
         self.error: str | None = None
         self.refreshes = 0  # snapshots applied so far (tests wait on it)
         self._reader: Worker | None = None
+        self._again = False  # a refresh was asked for while a read was in flight
 
     def compose(self) -> ComposeResult:
         yield RunHeader(id="header")
@@ -107,19 +116,13 @@ class EvolveApp(App[int]):
         self.refresh_from_store()
 
     def refresh_from_store(self) -> None:
-        """Read a new snapshot in a thread, unless a read is still in flight (its result
-        is as fresh; starting another would only pile up readers on a slow disk)."""
+        """Read a new snapshot in a thread. While a read is in flight another is not
+        started (they would pile up on a slow disk); one more follows when it ends."""
         if self._reader is not None and not self._reader.is_finished:
+            self._again = True
             return
+        self._again = False
         self._reader = self._read_store()
-
-    class SnapshotRead(Message):
-        """A refresh finished: a new snapshot, or why there is none."""
-
-        def __init__(self, snapshot: Snapshot | None, error: str | None = None) -> None:
-            super().__init__()
-            self.snapshot = snapshot
-            self.error = error
 
     @work(thread=True, group="refresh", exit_on_error=False)
     def _read_store(self) -> None:
@@ -131,12 +134,18 @@ class EvolveApp(App[int]):
             self.post_message(self.SnapshotRead(None, str(exc)))
 
     def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
-        if event.state == WorkerState.ERROR and event.worker.group == "refresh":
+        if event.worker.group != "refresh":
+            return
+        if event.state == WorkerState.ERROR and self.query(RunHeader):
             # a bug, not a bad store (those are TUIError): say so and keep watching
             log.error("reading the store failed", exc_info=event.worker.error)
             self.query_one(RunHeader).show_error(f"refresh failed: {event.worker.error!r}")
+        if event.worker.is_finished and self._again:
+            self.refresh_from_store()
 
     def on_evolve_app_snapshot_read(self, message: SnapshotRead) -> None:
+        if not self.query(RunHeader):  # arrived while the app closes: its widgets are gone
+            return
         if message.snapshot is not None:
             self.apply(message.snapshot)
         else:

@@ -69,6 +69,13 @@ def describe(row: CandidateRow, evals: tuple[Evaluation, ...]) -> Text:
 class CandidateDetails(ModalScreen[None]):
     """One candidate, in full."""
 
+    class DiffRead(Message):
+        """git answered (or said why it could not)."""
+
+        def __init__(self, diff: str) -> None:
+            super().__init__()
+            self.diff = diff
+
     BINDINGS: ClassVar[list[BindingType]] = [Binding("escape", "dismiss", "close"), Binding("q", "dismiss", "close")]
 
     DEFAULT_CSS = """
@@ -100,11 +107,6 @@ class CandidateDetails(ModalScreen[None]):
         self.query_one(VerticalScroll).border_title = f"candidate {self.row.id} (escape to close)"
         self.load_diff()
 
-    class DiffRead(Message):
-        def __init__(self, diff: str) -> None:
-            super().__init__()
-            self.diff = diff
-
     @work(thread=True, exclusive=True, exit_on_error=False)
     def load_diff(self) -> None:
         # a message, not call_from_thread: if the screen is closed first it is dropped
@@ -113,6 +115,8 @@ class CandidateDetails(ModalScreen[None]):
     def on_candidate_details_diff_read(self, message: DiffRead) -> None:
         diff = message.diff
         self.diff_text = diff
+        if not self.query("#diff"):  # the screen is closing
+            return
         title = Text("\ndiff against the parent (train.py)\n", style="bold")
         body = Syntax(diff, "diff", theme="ansi_dark", word_wrap=True) if diff.startswith("diff") else Text(diff)
         self.query_one("#diff", Static).update(Group(title, body))

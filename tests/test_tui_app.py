@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
+from textual.widgets import DataTable
 
 from arena.execute import run_name
 from arena.records import RunRequest, RunResult, Status
@@ -128,13 +129,13 @@ async def _wait(pilot, cond, what: str, limit_s: float = 15.0) -> None:
     raise AssertionError(f"gave up waiting for {what}")
 
 
-def _drive(run_dir: Path, scenario, interval: float = 60.0) -> EvolveApp:
+def _drive(run_dir: Path, scenario, interval: float = 60.0, message_hook=None) -> EvolveApp:
     """Run `scenario(app, pilot)` inside the app; a long interval means refreshes come
     only from the r key unless the scenario says otherwise."""
     app = EvolveApp(run_dir, interval=interval)
 
     async def go() -> None:
-        async with app.run_test(size=(180, 50)) as pilot:
+        async with app.run_test(size=(180, 50), message_hook=message_hook) as pilot:
             await _wait(pilot, lambda: app.refreshes >= 1 or app.error is not None, "the first snapshot")
             await scenario(app, pilot)
 
@@ -214,6 +215,38 @@ def test_rows_added_while_the_app_runs_appear_after_a_refresh(tmp_path):
     assert seen["status"] == "running s0"  # seed 0 in flight
     assert seen["event"] == "proposed"
     assert "generation 2 in progress" in seen["header"] and "1 running" in seen["header"]
+
+
+def test_a_refresh_keeps_the_selection_and_does_not_restart_the_log(tmp_path):
+    store, _ = _build_run(tmp_path / "run")
+    highlights: list[str] = []
+    seen = {}
+
+    def hook(message) -> None:
+        if isinstance(message, DataTable.RowHighlighted):
+            highlights.append(str(message.row_key.value))
+
+    async def scenario(app, pilot):
+        await pilot.press("down")
+        await _wait(pilot, lambda: "step 2 loss 3.7" in app.query_one("#log").lines, "g001c00's log")
+        highlights.clear()
+        for i in range(2):  # new rows: the table is rebuilt
+            store.add_candidate(Candidate(id=f"g002c0{i}", generation=2, idx=i, parent_id="root",
+                                          persona="tuner", status=Status.PROPOSED, archive_version=1))
+            n = app.refreshes
+            await pilot.press("r")
+            await _wait(pilot, lambda n=n: app.refreshes > n, "the refresh")
+        seen["rows"] = app.query_one("#population").row_count
+        seen["selected"] = app.selected
+        seen["cursor"] = app.query_one("#population").selected_id
+
+    try:
+        _drive(tmp_path / "run", scenario, message_hook=hook)
+    finally:
+        store.close()
+    assert seen["rows"] == 6
+    assert seen["selected"] == seen["cursor"] == "g001c00"
+    assert highlights == []  # no detour through row 0 (which would reload the log tail)
 
 
 def test_the_interval_refreshes_on_its_own(tmp_path):

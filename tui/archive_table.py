@@ -60,8 +60,10 @@ class ArchiveTable(DataTable):
             return
         self._shown = cells
         keep = self.selected_id
-        self.clear()
-        for row, c in zip(rows, cells):
-            self.add_row(*c, key=row.candidate_id)
-        if keep is not None and keep in {r.candidate_id for r in rows}:
-            self.move_cursor(row=self.get_row_index(keep), scroll=False)
+        # rebuilding moves the cursor, but the selection stays: no RowHighlighted for it
+        with self.prevent(DataTable.RowHighlighted):
+            self.clear()
+            for row, c in zip(rows, cells):
+                self.add_row(*c, key=row.candidate_id)
+            if keep is not None and keep in {r.candidate_id for r in rows}:
+                self.move_cursor(row=self.get_row_index(keep), scroll=False)

@@ -67,9 +67,11 @@ class PopulationTable(DataTable):
             return
         self._shown = plain
         keep = self.selected_id
-        self.clear()
-        for row, c in zip(rows, cells):
-            self.add_row(*c, key=row.id)
+        # rebuilding moves the cursor, but the selection stays: no RowHighlighted for it
+        with self.prevent(DataTable.RowHighlighted):
+            self.clear()
+            for row, c in zip(rows, cells):
+                self.add_row(*c, key=row.id)
+            if keep is not None and keep in {r.id for r in rows}:
+                self.move_cursor(row=self.get_row_index(keep), scroll=False)
         self.border_subtitle = f"{len(rows)} candidates"
-        if keep is not None and keep in {r.id for r in rows}:
-            self.move_cursor(row=self.get_row_index(keep), scroll=False)

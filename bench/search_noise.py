@@ -17,12 +17,18 @@ were truly no better, and the true val_bpb of what each method would hand back a
 end (ours: the archive member with the lowest measured mean, as `evolve export --best`;
 greedy: its last kept commit).
 
-    python bench/search_noise.py [--trials 20] [--generations 8] [--population 6] [--sigma 0.01]
+    python bench/search_noise.py [--trials 20] [--generations 10] [--population 6] [--sigma 0.02]
+
+Ours runs twice: with lookahead 0 (every child planned from the newest archive; the
+simulated proposer answers at once, so there is nothing to overlap) and with lookahead 2
+(the default with 2 device slots: 2 children per generation are planned one archive
+version early so the devices never wait for an LLM).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import random
 import statistics
@@ -130,13 +136,17 @@ def summarize(name: str, sigma: float, rows: list[TrialResult], root_true: float
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--trials", type=int, default=20)
-    ap.add_argument("--generations", type=int, default=8)
+    ap.add_argument("--generations", type=int, default=10)
     ap.add_argument("--population", type=int, default=6)
-    ap.add_argument("--sigma", type=float, default=0.01, help="val_bpb noise std; the second block doubles it")
+    ap.add_argument("--initial-seeds", type=int, default=1)
+    ap.add_argument("--max-seeds", type=int, default=4)
+    ap.add_argument("--sigma", type=float, default=0.02, help="val_bpb noise std; the second block doubles it")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
-    cfg = ProgramConfig(generations=args.generations, population=args.population)
+    cfg = ProgramConfig(generations=args.generations, population=args.population,
+                        initial_seeds=args.initial_seeds, max_seeds=args.max_seeds)
     root_true = Landscape().true(read_knobs(SIM_TRAIN_PY))[0]
+    print("greedy rows get exactly as many evaluations as the 'ours' row above them.")
     print(f"simulated landscape: root true val_bpb {root_true:.4f}; {args.trials} trials per row; "
           f"ours: {args.generations} generations x {args.population} children, seeds root {cfg.root_seeds} "
           f"/ initial {cfg.initial_seeds} / max {cfg.max_seeds}, fdr {cfg.fdr}")
@@ -147,13 +157,15 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.time()
     with tempfile.TemporaryDirectory(prefix="search-noise-") as tmp:
         for sigma in (args.sigma, 2 * args.sigma):
-            ours = [run_ours(cfg, sigma, salt, Path(tmp)) for salt in range(args.trials)]
-            fresh = [run_greedy(r.evaluations, sigma, salt, fixed_seed=False) for salt, r in enumerate(ours)]
-            fixed = [run_greedy(r.evaluations, sigma, salt, fixed_seed=True) for salt, r in enumerate(ours)]
-            print(summarize("ours (population)", sigma, ours, root_true))
-            print(summarize("greedy, fresh seed", sigma, fresh, root_true))
-            print(summarize("greedy, fixed seed", sigma, fixed, root_true))
-            sys.stdout.flush()
+            for lookahead in (0, 2):
+                c = dataclasses.replace(cfg, lookahead=lookahead)
+                ours = [run_ours(c, sigma, salt, Path(tmp) / f"la{lookahead}") for salt in range(args.trials)]
+                fresh = [run_greedy(r.evaluations, sigma, salt, fixed_seed=False) for salt, r in enumerate(ours)]
+                fixed = [run_greedy(r.evaluations, sigma, salt, fixed_seed=True) for salt, r in enumerate(ours)]
+                print(summarize(f"ours, lookahead {lookahead}", sigma, ours, root_true))
+                print(summarize("  greedy, fresh seed", sigma, fresh, root_true))
+                print(summarize("  greedy, fixed seed", sigma, fixed, root_true))
+                sys.stdout.flush()
     print(f"\n({time.time() - t0:.0f} s)")
     return 0
 

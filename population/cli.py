@@ -133,6 +133,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         outcome = "error"
         try:
             outcome = _run(args, cfg, store, repo, mode, stack)
+        except KeyboardInterrupt:
+            outcome = "interrupted"
+            raise
         finally:
             store.end_session(session, outcome)
     return 0

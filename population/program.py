@@ -49,8 +49,8 @@ class ProgramConfig:
     devices: tuple[str, ...] = ()
     # [seeds]
     root_seeds: int = 3
-    initial_seeds: int = 2
-    max_seeds: int = 5
+    initial_seeds: int = 1
+    max_seeds: int = 4
     seeds_per_round: int = 1
     race_stop_p: float = 0.01
     fdr: float = 0.2

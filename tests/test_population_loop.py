@@ -69,19 +69,21 @@ class NeutralProposer:
 
 def test_noise_does_not_fool_the_archive_where_keep_if_lower_would_be(tmp_path):
     cfg = ProgramConfig(generations=3, population=6, fdr=0.1)
-    outcome, store, _, _ = _run(tmp_path, cfg, sigma=0.02, proposer=NeutralProposer())
+    loop, store, _, arena = simulated_loop(tmp_path / "run", cfg, proposer=NeutralProposer())
+    arena.landscape = Landscape(sigma=0.02, rho=0.0)  # every run an independent draw
+    loop.run()
+    arena.close()
     children = [c for c in store.candidates() if c.id != ROOT_ID]
     confirmed = [c for c in children if c.status == Status.CONFIRMED]
-    # autoresearch's rule (one run, keep if lower) would have kept a child on many of
-    # these runs: count the runs lower than the parent's run on the same seed
+    # autoresearch's rule (one run, keep if lower) would have kept many of these children:
+    # count the runs that came out lower than their parent's mean
     lucky = runs = 0
     for c in children:
-        mine = {e.seed: e.val_bpb for e in store.evaluations(c.id)}
-        theirs = {e.seed: e.val_bpb for e in store.evaluations(c.parent_id)}
-        for seed in mine:
+        parent = [e.val_bpb for e in store.evaluations(c.parent_id)]
+        for e in store.evaluations(c.id):
             runs += 1
-            lucky += mine[seed] < theirs[seed]
-    assert lucky >= runs // 5
+            lucky += e.val_bpb < sum(parent) / len(parent)
+    assert lucky >= runs // 4
     assert len(confirmed) <= 1
     store.close()
 

@@ -59,7 +59,7 @@ def _build_run(run_dir: Path) -> tuple[Store, dict[str, str]]:
     (logs / "g001c02-s0-cccccc.log").write_text(CRASH_LOG)
 
     store = Store.open(store_path(run_dir))
-    store.start_session(["evolve", "--generations", "3"], {"population": 3})
+    store.start_session(["evolve", "--generations", "3"], {"population": 3, "generations": 3, "max_cost_usd": 5})
     store.add_candidate(Candidate(id="root", generation=0, idx=0, parent_id=None, persona="root",
                                   status=Status.PROPOSED, archive_version=-1, commit=root,
                                   hypothesis="the unmodified train.py"))
@@ -176,9 +176,9 @@ def test_tables_show_the_stored_rows(run_dir):
     assert seen["archive_scores"][0] == f"{mean:.4f} ± {sd:.4f} (2)"
     assert seen["events"] == ["generation", "nan", "noise_floor"]  # newest first
     header = seen["header"]
-    assert "generation 1 done" in header and "archive v1" in header
+    assert "generation 1 of 3 done" in header and "archive v1" in header
     assert "confirmed 3" in header and "nan 1" in header
-    assert "cost $0.0123" in header
+    assert "cost $0.0123 of $5.00" in header
     assert f"val_bpb sd {r_sd:.5f} over 3 seeds" in header
     assert f"running (pid {os.getpid()})" in header  # the session's pid is alive: ours
 
@@ -214,7 +214,7 @@ def test_rows_added_while_the_app_runs_appear_after_a_refresh(tmp_path):
     assert seen["after"][-1] == "g002c00"
     assert seen["status"] == "running s0"  # seed 0 in flight
     assert seen["event"] == "proposed"
-    assert "generation 2 in progress" in seen["header"] and "1 running" in seen["header"]
+    assert "generation 2 of 3 in progress" in seen["header"] and "1 running" in seen["header"]
 
 
 def test_a_refresh_keeps_the_selection_and_does_not_restart_the_log(tmp_path):

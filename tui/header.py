@@ -24,18 +24,21 @@ def status_line(status: RunStatus) -> Text:
     text = Text()
     text.append(f"{status.run_dir}", style="bold")
     text.append(f"  {status.session}", style="green" if status.live else "yellow")
+    of = f" of {status.generations_planned}" if status.generations_planned else ""
     if status.in_progress is not None:
-        text.append(f"  generation {status.in_progress} in progress")
+        text.append(f"  generation {status.in_progress}{of} in progress")
         if status.generation > status.in_progress:
             text.append(f" (proposing ahead for {status.generation})")
     else:
-        text.append(f"  generation {max(status.archive_version, 0)} done")
+        text.append(f"  generation {max(status.archive_version, 0)}{of} done")
     archive = "-" if status.archive_version < 0 else str(status.archive_version)
     text.append(f"  (archive v{archive}")
     if status.hypervolume is not None:
         text.append(f", hv {status.hypervolume:.4g}")
     text.append(")")
     text.append(f"  cost ${status.cost_usd:.4f}")
+    if status.max_cost_usd is not None:
+        text.append(f" of ${status.max_cost_usd:.2f}")
     text.append(f"  elapsed {format_duration(status.elapsed_s)}")
     text.append("\n")
     text.append(f"candidates {status.n_candidates}:")

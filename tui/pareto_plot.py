@@ -77,7 +77,6 @@ def scatter_text(points: list[PlotPoint], width: int = 48, height: int = 12) -> 
     lines.append(" " * label_w + " +" + "-" * width)
     lo, hi = f"{m_lo:.0f}", f"{m_hi:.0f} MB"
     lines.append(" " * (label_w + 2) + lo + " " * max(1, width - len(lo) - len(hi)) + hi)
-    lines.append(" " * (label_w + 2) + "* archive  R root  @ selected  . other")
     return "\n".join(lines)
 
 
@@ -91,9 +90,22 @@ class ParetoPlot(Static):
     }
     """
 
+    def __init__(self, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self._points: list[PlotPoint] = []
+
     def on_mount(self) -> None:
         self.border_title = "val_bpb vs peak memory"
+        self.border_subtitle = "* archive  R root  @ selected  . other"
 
     def show(self, snapshot: Snapshot, selected: str | None) -> None:
+        self._points = plot_points(snapshot, selected)
+        self._draw()
+
+    def on_resize(self) -> None:
+        self._draw()
+
+    def _draw(self) -> None:
+        # the grid takes the width left after the axis labels, border and padding
         width = max(20, self.size.width - 14) if self.size.width else 48
-        self.update(scatter_text(plot_points(snapshot, selected), width=width, height=10))
+        self.update(scatter_text(self._points, width=width, height=10))

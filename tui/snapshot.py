@@ -15,6 +15,7 @@ unreadable store raises `TUIError` with a one-line message.
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
@@ -109,6 +110,8 @@ class RunStatus:
     noise_provisional: bool  # computed here from the root's runs, not yet stored by the loop
     device_type: str | None
     hypervolume: float | None
+    generations_planned: int | None = None  # the session's stop.generations
+    max_cost_usd: float | None = None  # the session's cost ceiling
 
 
 @dataclass(frozen=True)
@@ -243,6 +246,7 @@ def _read(store: Store, run_dir: Path, events_limit: int) -> Snapshot:
         elapsed = max(last, default=started) - started
 
     version = gens[-1].generation if gens else -1
+    config = _session_config(sessions)
     status = RunStatus(
         run_dir=run_dir, session=session, live=live,
         generation=max((c.generation for c in cands), default=0),
@@ -253,6 +257,8 @@ def _read(store: Store, run_dir: Path, events_limit: int) -> Snapshot:
         evaluations_running=sum(1 for e in evals if e.status == "running"),
         cost_usd=total_cost, elapsed_s=max(0.0, elapsed), noise=noise, noise_provisional=provisional,
         device_type=device_type, hypervolume=hv,
+        generations_planned=_int_or_none(config.get("generations")),
+        max_cost_usd=_float_or_none(config.get("max_cost_usd")),
     )
     event_rows = tuple(
         EventRow(e["id"], e["created_at"], e["generation"], e["candidate_id"], e["kind"], e["message"])
@@ -272,6 +278,26 @@ def _noise(stored: dict | None, root_evals: list[Evaluation],
     if len(runs) < 2:
         return None, False
     return noise_floor(runs), True
+
+
+def _session_config(sessions: list[dict]) -> dict:
+    """The newest session's configuration (what `evolve` was asked to do), {} if unreadable."""
+    if not sessions:
+        return {}
+    try:
+        config = json.loads(sessions[-1]["config"] or "{}")
+    except ValueError:
+        log.warning("session %s has an unreadable config", sessions[-1]["id"])
+        return {}
+    return config if isinstance(config, dict) else {}
+
+
+def _int_or_none(x: object) -> int | None:
+    return int(x) if isinstance(x, (int, float)) and not isinstance(x, bool) else None
+
+
+def _float_or_none(x: object) -> float | None:
+    return float(x) if isinstance(x, (int, float)) and not isinstance(x, bool) else None
 
 
 def _session_state(sessions: list[dict]) -> tuple[str, bool]:

@@ -38,6 +38,7 @@ from dataclasses import dataclass
 
 MAX_REPLY_CHARS = 200_000  # longer replies are refused before parsing
 MAX_FILE_CHARS = 150_000  # a new train.py larger than this is refused
+MAX_KNOB_CHANGES = 3  # constants one knob proposal may set (one hypothesis, not a new config)
 TARGET_FILE = "train.py"
 
 
@@ -315,7 +316,7 @@ _JSON_TYPES = {
 }
 
 
-def knob_schema(knobs: dict[str, Knob], max_changes: int = 3) -> dict:
+def knob_schema(knobs: dict[str, Knob], max_changes: int = MAX_KNOB_CHANGES) -> dict:
     """JSON schema of a knob reply: a hypothesis and 1..max_changes known constants."""
     return {
         "type": "object",
@@ -361,6 +362,10 @@ def parse_knob_reply(reply: str) -> tuple[str, dict[str, object]]:
         raise EditError('reply JSON has no "changes" object')
     if not changes:
         raise EditError('reply JSON "changes" is empty')
+    if len(changes) > MAX_KNOB_CHANGES:
+        raise EditError(
+            f"the reply changes {len(changes)} constants; at most {MAX_KNOB_CHANGES} per proposal (one hypothesis)"
+        )
     hyp = data.get("hypothesis", "")
     if not isinstance(hyp, str):
         hyp = json.dumps(hyp)[:500]

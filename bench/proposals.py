@@ -57,6 +57,9 @@ def run_proposals(args: argparse.Namespace) -> int:
     records: list[LLMCallRecord] = []
     personas = ["optimizer-tuner", "architect", "bug-hunter"]
     rows = []
+    if args.out:
+        for stale in Path(args.out).glob("child_*.py"):  # from an earlier run
+            stale.unlink()
     t_start = time.monotonic()
     with EmbeddedModel(args.model, n_threads=args.threads) as m:
         startup = time.monotonic() - t_start

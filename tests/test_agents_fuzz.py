@@ -92,6 +92,7 @@ def knob_cases(rng: random.Random) -> list[tuple[str, str]]:
         "enormous output": lambda: changes({"LEARNING_RATE": 0.001}) + " " * 250_000,
         "string with newline": lambda: changes({"OPTIMIZER": "adamw\nimport os"}),
         "huge number": lambda: changes({"DEPTH": 10**15}),
+        "too many changes": lambda: changes({k: 1 for k in ("DEPTH", "MLP_RATIO", "N_HEADS", "MODEL_DIM")}),
     }
     names = sorted(gens)
     return [(names[i % len(names)], gens[names[i % len(names)]]()) for i in range(400)]
@@ -119,7 +120,7 @@ def test_thousand_malformed_replies_become_invalid_edits():
         assert out.reason and "\n" not in out.reason, f"{fmt}/{category}: reason {out.reason!r}"
         assert not out.reason.startswith("internal error"), f"{fmt}/{category}: {out.reason}"
         by_category[f"{fmt}/{category}"] = by_category.get(f"{fmt}/{category}", 0) + 1
-    assert len(by_category) == 32
+    assert len(by_category) == 33
     # the well-formed controls do pass, so the refusals above are about the input
     assert not isinstance(proposer.edit_from_reply(_ctx(), persona, "search_replace", GOOD_SR), InvalidEdit)
     assert not isinstance(proposer.edit_from_reply(_ctx(), persona, "knobs", GOOD_KNOBS), InvalidEdit)

@@ -338,7 +338,9 @@ def candidate_log(run_dir: str | os.PathLike, evals: tuple[Evaluation, ...] | li
         return None
     newest = max(evals, key=lambda e: e.id)
     if newest.log_path:
-        return Path(newest.log_path)
+        stored = Path(newest.log_path)
+        moved = Path(run_dir) / "logs" / stored.name  # the run directory was moved or copied
+        return moved if not stored.exists() and moved.exists() else stored
     safe = re.sub(r"[^A-Za-z0-9_.-]", "_", newest.candidate_id)[:40]
     found = [p for p in (Path(run_dir) / "logs").glob(f"{safe}-s{newest.seed}-*.log")
              if not p.name.endswith(".eval.log")]

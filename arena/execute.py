@@ -8,8 +8,9 @@ Flow: a backend (`arena.local.LocalArena`, `arena.ray_backend.RayArena`) takes a
 4. removes the worktree and the checkpoint (the commit stays), and writes the
    measured metrics as a git note on the commit;
 and returns a `RunResult`. Faults of the arena itself (not the candidate's) become a
-result with status `proposed` (not measured, to be run again) and the reason, so a
-candidate never silently disappears.
+`crashed` result whose message starts with "arena error", so a candidate never
+silently disappears; a cancelled run gives status `proposed` ("cancelled", not
+measured, may run again).
 
 What it does not do: queue, choose slots, or decide what the numbers mean.
 """
@@ -111,11 +112,11 @@ def execute_run(
             term_grace_s=config.term_grace_s,
             handle=handle,
         )
-    except Exception as exc:  # the arena's own failure: reported as "not measured"
+    except Exception as exc:  # the arena's own failure: a final, explained failure
         log.exception("run %s failed inside the arena", name)
         return RunResult(
-            status=Status.PROPOSED,
-            message=f"arena error (not measured): {exc}",
+            status=Status.CRASHED,
+            message=f"arena error (not the candidate's fault; not measured): {exc}",
             log_path=str(log_path),
             wall_seconds=time.monotonic() - t0,
             **base,

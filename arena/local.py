@@ -222,8 +222,8 @@ class LocalArena:
                 candidate_id=req.candidate_id,
                 commit=req.commit,
                 seed=req.seed,
-                status=Status.PROPOSED,
-                message=f"arena error (not measured): {exc}",
+                status=Status.CRASHED,
+                message=f"arena error (not the candidate's fault; not measured): {exc}",
                 device_type=slot.device_type,
                 device_name=slot.device_name,
             )

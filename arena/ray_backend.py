@@ -204,8 +204,8 @@ class RayArena:
                 candidate_id=request.candidate_id,
                 commit=request.commit,
                 seed=request.seed,
-                status=Status.PROPOSED,
-                message=f"arena error (not measured): {exc}",
+                status=Status.CRASHED,
+                message=f"arena error (not the candidate's fault; not measured): {exc}",
             )
 
     def _cleanup(self, name: str, wait_s: float = 15.0) -> None:

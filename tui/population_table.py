@@ -22,6 +22,18 @@ COLUMNS = (("id", "id"), ("gen", "gen"), ("persona", "persona"), ("status", "sta
            ("val_bpb", "val_bpb mean ± sd (seeds)"), ("mem", "peak MB"), ("hypothesis", "hypothesis"))
 
 
+ORDERS = ("oldest first", "newest first", "best val_bpb first")
+
+
+def sort_rows(rows: tuple[CandidateRow, ...], order: str) -> tuple[CandidateRow, ...]:
+    if order == "newest first":
+        return tuple(sorted(rows, key=lambda r: (-r.generation, -r.idx, r.id)))
+    if order == "best val_bpb first":  # unmeasured candidates last, oldest first among them
+        return tuple(sorted(rows, key=lambda r: (r.summary is None, r.summary.val_mean if r.summary else 0.0,
+                                                 r.generation, r.idx)))
+    return rows
+
+
 def score_cell(row: CandidateRow) -> str:
     s = row.summary
     if s is None:
@@ -42,11 +54,20 @@ def row_cells(row: CandidateRow) -> tuple:
 class PopulationTable(DataTable):
     """Every candidate, oldest first."""
 
-    BINDINGS: ClassVar[list[BindingType]] = [Binding("enter", "select_cursor", "details")]
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("enter", "select_cursor", "details"),
+        Binding("s", "cycle_order", "sort"),
+    ]
 
     def __init__(self, **kwargs) -> None:
         super().__init__(cursor_type="row", zebra_stripes=True, **kwargs)
         self._shown: tuple = ()
+        self._rows: tuple[CandidateRow, ...] = ()
+        self.order = ORDERS[0]
+
+    def action_cycle_order(self) -> None:
+        self.order = ORDERS[(ORDERS.index(self.order) + 1) % len(ORDERS)]
+        self.show(self._rows)
 
     def on_mount(self) -> None:
         for key, label in COLUMNS:
@@ -61,8 +82,11 @@ class PopulationTable(DataTable):
         return None if key.value is None else str(key.value)
 
     def show(self, rows: tuple[CandidateRow, ...]) -> None:
+        self._rows = rows
+        rows = sort_rows(rows, self.order)
         cells = tuple(row_cells(r) for r in rows)
         plain = tuple(tuple(str(c) for c in row) for row in cells)
+        self.border_subtitle = f"{len(rows)} candidates, {self.order} (s: sort)"
         if plain == self._shown:
             return
         self._shown = plain
@@ -74,4 +98,3 @@ class PopulationTable(DataTable):
                 self.add_row(*c, key=row.id)
             if keep is not None and keep in {r.id for r in rows}:
                 self.move_cursor(row=self.get_row_index(keep), scroll=False)
-        self.border_subtitle = f"{len(rows)} candidates"

@@ -7,6 +7,7 @@ import asyncio
 import hashlib
 import os
 import shutil
+import sqlite3
 import statistics
 import time
 from pathlib import Path
@@ -450,6 +451,16 @@ def test_missing_or_corrupt_store_is_one_clear_line(tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "cannot read the store" in err and "not a database" in err
     assert store_path(corrupt).read_bytes() == b"this is not sqlite " * 100  # left as it was
+
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    with sqlite3.connect(store_path(foreign)) as conn:
+        conn.execute("CREATE TABLE notes (x TEXT)")
+    before = store_path(foreign).read_bytes()
+    assert run(foreign) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("evolve tui: ") and "migrations" in err
+    assert store_path(foreign).read_bytes() == before  # no schema written into someone else's file
 
 
 def test_the_app_itself_exits_with_the_error_on_a_missing_store(tmp_path):

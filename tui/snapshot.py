@@ -135,13 +135,11 @@ def open_store(run_dir: str | os.PathLike) -> Store:
     if not path.is_file():
         raise TUIError(f"no store at {path}; is {run_dir} a run directory? start one with evolve --generations N")
     try:
-        store = Store.open(path, readonly=True)
-        store.schema_version()
+        return Store.open(path, readonly=True)  # reads the schema: a foreign file fails here
     except StoreError as exc:
         raise TUIError(str(exc)) from None
     except sqlite3.Error as exc:
         raise TUIError(f"cannot read the store {path}: {exc}") from None
-    return store
 
 
 def read_snapshot(run_dir: str | os.PathLike, events_limit: int = 200) -> Snapshot:

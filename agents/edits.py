@@ -17,8 +17,8 @@ formats:
   once. A block that does not match raises `EditError` naming the block (its number
   and first line), so one repair round trip can quote it back to the model.
 - `whole_file`: the whole new train.py in one fenced ```python block (fallback).
-- `knobs`: JSON ``{"hypothesis": "...", "changes": {"NAME": value, ...}}`` setting
-  module-level UPPER_CASE constants of train.py, found with `ast` and replaced at the
+- `knobs`: JSON ``{"hypothesis": "...", "changes": [{"name": "NAME", "value": v}, ...]}``
+  (or ``"changes": {"NAME": v, ...}``) setting at most 3 module-level UPPER_CASE constants of train.py, found with `ast` and replaced at the
   exact source span of their value expression (for small models; `knob_schema` gives
   the JSON schema sent as `response_format`).
 
@@ -46,9 +46,10 @@ class EditError(ValueError):
     """A reply could not be turned into a valid train.py; the message is one line that
     can be shown to the model and stored as the `invalid_edit` reason."""
 
-    def __init__(self, message: str, unmatched_block: int | None = None) -> None:
+    def __init__(self, message: str, unmatched_block: int | None = None, hypothesis: str = "") -> None:
         super().__init__(message)
         self.unmatched_block = unmatched_block  # 1-based, for search_replace repairs
+        self.hypothesis = hypothesis  # what the reply said it tried, when that much parsed
 
 
 # ---------------------------------------------------------------------------
@@ -317,18 +318,24 @@ _JSON_TYPES = {
 
 
 def knob_schema(knobs: dict[str, Knob], max_changes: int = MAX_KNOB_CHANGES) -> dict:
-    """JSON schema of a knob reply: a hypothesis and 1..max_changes known constants."""
+    """JSON schema of a knob reply: a hypothesis and a list of 1..max_changes
+    ``{"name": CONSTANT, "value": ...}`` items, each value typed like the constant.
+    (A list rather than an object: grammar-constrained decoders enforce `maxItems`,
+    and a small model picks names freely instead of walking the properties in order.)"""
+    items = [
+        {
+            "type": "object",
+            "properties": {"name": {"const": k.name}, "value": dict(_JSON_TYPES[k.kind])},
+            "required": ["name", "value"],
+            "additionalProperties": False,
+        }
+        for k in knobs.values()
+    ]
     return {
         "type": "object",
         "properties": {
             "hypothesis": {"type": "string", "minLength": 10, "maxLength": 240},
-            "changes": {
-                "type": "object",
-                "properties": {k.name: dict(_JSON_TYPES[k.kind]) for k in knobs.values()},
-                "additionalProperties": False,
-                "minProperties": 1,
-                "maxProperties": max_changes,
-            },
+            "changes": {"type": "array", "items": {"anyOf": items}, "minItems": 1, "maxItems": max_changes},
         },
         "required": ["hypothesis", "changes"],
         "additionalProperties": False,
@@ -357,19 +364,30 @@ def parse_knob_reply(reply: str) -> tuple[str, dict[str, object]]:
         raise EditError("reply is not valid JSON: nested too deeply") from None
     if not isinstance(data, dict):
         raise EditError(f"reply JSON is a {type(data).__name__}, expected an object")
-    changes = data.get("changes")
-    if not isinstance(changes, dict):
-        raise EditError('reply JSON has no "changes" object')
-    if not changes:
-        raise EditError('reply JSON "changes" is empty')
-    if len(changes) > MAX_KNOB_CHANGES:
-        raise EditError(
-            f"the reply changes {len(changes)} constants; at most {MAX_KNOB_CHANGES} per proposal (one hypothesis)"
-        )
     hyp = data.get("hypothesis", "")
     if not isinstance(hyp, str):
         hyp = json.dumps(hyp)[:500]
-    return hyp.strip()[:500], changes
+    hyp = hyp.strip()[:500]
+    changes = data.get("changes")
+    if isinstance(changes, list):  # [{"name": ..., "value": ...}, ...] (the schema's form)
+        as_dict: dict[str, object] = {}
+        for item in changes:
+            if not isinstance(item, dict) or set(item) != {"name", "value"} or not isinstance(item["name"], str):
+                raise EditError('each item of "changes" must be {"name": CONSTANT, "value": ...}', hypothesis=hyp)
+            if item["name"] in as_dict:
+                raise EditError(f"the reply sets {item['name'][:40]} twice", hypothesis=hyp)
+            as_dict[item["name"]] = item["value"]
+        changes = as_dict
+    if not isinstance(changes, dict):
+        raise EditError('reply JSON has no "changes" list or object', hypothesis=hyp)
+    if not changes:
+        raise EditError('reply JSON "changes" is empty', hypothesis=hyp)
+    if len(changes) > MAX_KNOB_CHANGES:
+        raise EditError(
+            f"the reply changes {len(changes)} constants; at most {MAX_KNOB_CHANGES} per proposal (one hypothesis)",
+            hypothesis=hyp,
+        )
+    return hyp, changes
 
 
 def _render_value(knob: Knob, value: object) -> str:

@@ -64,8 +64,8 @@ HYPOTHESIS: <one sentence: what you change and why it should lower val_bpb>
     "knobs": """\
 Answer with one JSON object and nothing else:
 {"hypothesis": "<one sentence: what you change and why it should lower val_bpb>",
- "changes": {"<CONSTANT_NAME>": <new value>, ...}}
-Change 1 to 3 of the constants in the table, by name. A value replaces the whole
+ "changes": [{"name": "<CONSTANT_NAME>", "value": <new value>}]}
+Change 1 to 3 of the constants in the table, by name (usually one). A value replaces the whole
 expression after the equals sign. Numbers stay numbers; strings stay strings.""",
 }
 

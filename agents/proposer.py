@@ -141,6 +141,7 @@ class LLMProposer:
                     used = "search_replace"
             validate_train_py(base, child)
         except EditError as e:
+            hypothesis = hypothesis or e.hypothesis
             return InvalidEdit(ctx.parent_commit, persona.name, model, str(e), reply[:20000], hypothesis)
         except Exception as e:  # a bug in parsing must not lose the reply or stop the run
             log.exception("unexpected error while parsing a reply from %s", model)

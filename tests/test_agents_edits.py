@@ -159,11 +159,22 @@ def test_bad_knob_values(changes, match):
 def test_knob_reply_parsing_and_schema():
     hyp, changes = parse_knob_reply('```json\n{"hypothesis": "warm down longer", "changes": {"WARMDOWN_FRAC": 0.6}}\n```')
     assert hyp == "warm down longer" and changes == {"WARMDOWN_FRAC": 0.6}
+    hyp, changes = parse_knob_reply('{"hypothesis": "h", "changes": [{"name": "DEPTH", "value": 6}, {"name": "GRAD_CLIP", "value": 0.5}]}')
+    assert changes == {"DEPTH": 6, "GRAD_CLIP": 0.5}
     schema = knob_schema(find_knobs(TEMPLATE))
-    assert schema["properties"]["changes"]["properties"]["DEPTH"] == {"type": "integer"}
-    assert schema["properties"]["changes"]["additionalProperties"] is False
+    ch = schema["properties"]["changes"]
+    assert ch["maxItems"] == 3 and ch["minItems"] == 1
+    depth = next(i for i in ch["items"]["anyOf"] if i["properties"]["name"] == {"const": "DEPTH"})
+    assert depth["properties"]["value"] == {"type": "integer"} and depth["additionalProperties"] is False
     json.dumps(schema)
-    for bad, match in [("{", "not valid JSON"), ("[1]", "expected an object"), ('{"changes": {}}', "empty"), ('{"x": 1}', "no \"changes\"")]:
+    for bad, match in [
+        ("{", "not valid JSON"),
+        ("[1]", "expected an object"),
+        ('{"changes": {}}', "empty"),
+        ('{"x": 1}', "no \"changes\""),
+        ('{"changes": [{"name": "DEPTH"}]}', "must be"),
+        ('{"changes": [{"name": "DEPTH", "value": 1}, {"name": "DEPTH", "value": 2}]}', "twice"),
+    ]:
         with pytest.raises(EditError, match=match):
             parse_knob_reply(bad)
 

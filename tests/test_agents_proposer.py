@@ -101,7 +101,8 @@ def test_knob_format_sends_a_schema_to_a_local_server():
         rf = srv.requests[0]["response_format"]
     assert isinstance(out, Proposal) and out.edit_format == "knobs"
     assert "DEPTH = 6  # transformer blocks" in out.train_py
-    assert rf["type"] == "json_object" and set(rf["schema"]["properties"]["changes"]["properties"]) == set(find_knobs(TEMPLATE))
+    names = {i["properties"]["name"]["const"] for i in rf["schema"]["properties"]["changes"]["items"]["anyOf"]}
+    assert rf["type"] == "json_object" and names == set(find_knobs(TEMPLATE))
 
 
 def test_llm_failure_after_retries_is_an_invalid_edit(monkeypatch):

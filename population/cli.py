@@ -96,39 +96,42 @@ def _config(args: argparse.Namespace, program_text: str, source: str) -> Program
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    """Start a run, or continue one (--resume). A run directory appears whole: its git
+    repository is built beside it and renamed into place, then the store is opened in
+    it, so a kill at any moment leaves either nothing or a run that --resume continues."""
     from arena.repo import ExperimentRepo
 
     if args.resume:
         run_dir = args.run_dir or latest_run_dir()
-        if not store_path(run_dir).exists():
-            raise CLIError(f"nothing to resume: no store at {store_path(run_dir)}")
-        program_file = run_dir / "program.md"
-        cfg = _config(args, program_file.read_text(encoding="utf-8"), str(program_file))
     else:
         run_dir = args.run_dir or DEFAULT_RUNS / time.strftime("%Y%m%d-%H%M%S")
         if store_path(run_dir).exists() or (run_dir / ".git").exists():
             raise CLIError(f"{run_dir} already holds a run; add --resume to continue it")
+    started = (run_dir / ".git").exists()
+    if started:
+        program_file = run_dir / "program.md"
+        cfg = _config(args, program_file.read_text(encoding="utf-8"), str(program_file))
+        repo = ExperimentRepo.open(run_dir)
+        mode_hint = "simulate" if repo.read_file(repo.root_commit, "train.py") == _train_py("simulate") else "real"
+    else:
+        if args.resume:
+            print(f"nothing was recorded in {run_dir} yet: starting the run", file=sys.stderr)
         text = args.program.read_text(encoding="utf-8") if args.program else default_program_md()
         cfg = _config(args, text, str(args.program or "program.md"))
+        mode_hint = "simulate" if args.simulate else "real"
+        repo = _create_repo(run_dir, _train_py(mode_hint), text)
 
     store = Store.open(store_path(run_dir))
     with contextlib.ExitStack() as stack:
         stack.callback(store.close)
         mode = store.get_meta("mode")
         if mode is None:
-            mode = "simulate" if args.simulate else "real"
+            mode = mode_hint
             sim = {"noise": args.sim_noise, "run_seconds": args.sim_run_seconds, "slots": args.sim_slots}
-            store.set_meta("mode", mode)
             store.set_meta("simulate", sim)
-        elif args.simulate and mode != "simulate":
+            store.set_meta("mode", mode)
+        if args.simulate and mode != "simulate":
             raise CLIError(f"{run_dir} is a real run; drop --simulate to resume it")
-        if (run_dir / ".git").exists():
-            repo = ExperimentRepo.open(run_dir)
-        else:
-            train_py = _train_py(mode)
-            prepare_py = _module_file("prepare").read_text(encoding="utf-8")
-            program_md = (args.program.read_text(encoding="utf-8") if args.program else default_program_md())
-            repo = ExperimentRepo.create(run_dir, train_py, prepare_py, program_md)
         session = store.start_session(sys.argv, {k: v for k, v in vars(cfg).items() if k != "prose"})
         outcome = "error"
         try:
@@ -139,6 +142,25 @@ def cmd_run(args: argparse.Namespace) -> int:
         finally:
             store.end_session(session, outcome)
     return 0
+
+
+def _create_repo(run_dir: Path, train_py: str, program_md: str) -> Any:
+    import shutil
+
+    from arena.repo import ExperimentRepo
+
+    if run_dir.exists() and any(run_dir.iterdir()):
+        raise CLIError(f"{run_dir} exists and is not a run directory; choose another --run-dir")
+    run_dir.parent.mkdir(parents=True, exist_ok=True)
+    for stale in run_dir.parent.glob(f".{run_dir.name}.creating-*"):  # left by a killed start
+        shutil.rmtree(stale, ignore_errors=True)
+    tmp = run_dir.parent / f".{run_dir.name}.creating-{os.getpid()}"
+    prepare_py = _module_file("prepare").read_text(encoding="utf-8")
+    ExperimentRepo.create(tmp, train_py, prepare_py, program_md)
+    if run_dir.exists():
+        run_dir.rmdir()
+    os.rename(tmp, run_dir)
+    return ExperimentRepo.open(run_dir)
 
 
 def _train_py(mode: str) -> str:
@@ -169,7 +191,8 @@ def _run(args: argparse.Namespace, cfg: ProgramConfig, store: Store, repo: Any, 
         arena, slots = _real_arena(args, cfg, repo)
         stack.callback(arena.close)
         loop = GenerationLoop(store, repo, arena, None, cfg, sorted(personas), slots=slots,  # type: ignore[arg-type]
-                              on_event=say, preferences={n: p.prefers for n, p in personas.items()})
+                              on_event=say, preferences={n: p.prefers for n, p in personas.items()},
+                              crossover_personas={n for n, p in personas.items() if p.crossover})
         loop.proposer = _real_proposer(cfg, loop, store, stack, say)
     say(f"run {repo.run_dir}: {mode}, {cfg.generations} generations of {cfg.population}, "
         f"budget {cfg.budget_s:g} s per run")
@@ -263,11 +286,11 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 def cmd_tui(args: argparse.Namespace) -> int:
     try:
-        from tui.app import main as tui_main  # type: ignore[import-not-found]
+        from tui.app import run as tui_run
     except ImportError:
         print("the TUI is not built yet; use `evolve status` or `evolve report`")
         return 0
-    return int(tui_main([str(args.run_dir)] if args.run_dir else []) or 0)
+    return int(tui_run(args.run_dir or latest_run_dir()) or 0)
 
 
 def cmd_prepare(argv: list[str]) -> int:

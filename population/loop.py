@@ -103,6 +103,7 @@ class GenerationLoop:
     def __init__(self, store: Store, repo: Repo, arena: Arena, proposer: Proposer,
                  config: ProgramConfig, personas: list[str], slots: int,
                  preferences: dict[str, str] | None = None,
+                 crossover_personas: set[str] | None = None,
                  guard: Callable[[Repo, str, set[str]], tuple[bool, str, str]] = _default_guard,
                  on_event: Callable[[str], None] | None = None,
                  clock: Callable[[], float] = time.time):
@@ -112,6 +113,7 @@ class GenerationLoop:
         self.cfg = config
         self.personas = sorted(personas)
         self.preferences = preferences or {}
+        self.crossover_personas = crossover_personas or set()
         self.guard = guard
         self.on_event = on_event or (lambda msg: None)
         self.clock = clock
@@ -375,13 +377,50 @@ class GenerationLoop:
             members = [Point(r["candidate_id"], r["val_bpb"], r["peak_mem_mb"], r.get("val_std", 0.0),
                              r.get("n_seeds", 1)) for r in self._generation(v).archive]
             ref = tuple(self._get_meta("reference"))
-            parent = select_for(self.preferences.get(persona, "frontier"), members, ref,  # type: ignore[arg-type]
-                                random.Random(f"{self.cfg.seed}:parent:{g}:{idx}"), self.cfg.parent_floor)
-            self.store.add_candidate(Candidate(
-                id=cid, generation=g, idx=idx, parent_id=parent.candidate_id, persona=persona,
-                status=Status.PROPOSED, archive_version=v,
-            ))
+            rng = random.Random(f"{self.cfg.seed}:parent:{g}:{idx}")
+            prefers = self.preferences.get(persona, "frontier")
+            parent_id = select_for(prefers, members, ref, rng, self.cfg.parent_floor).candidate_id  # type: ignore[arg-type]
+            second: str | None = None
+            repair: str | None = None
+            if persona in self.crossover_personas and rng.random() < self.cfg.crossover_rate:
+                pair = self._pick_pair(v, rng)
+                if pair is not None:
+                    parent_id, second = pair
+            elif prefers == "failed":
+                repair = self._repair_target(v)
+                if repair is not None:
+                    parent_id = self._cands[repair].parent_id or ROOT_ID
+            with self.store.transaction():
+                self.store.add_candidate(Candidate(
+                    id=cid, generation=g, idx=idx, parent_id=parent_id, persona=persona,
+                    status=Status.PROPOSED, archive_version=v, second_parent_id=second,
+                ))
+                if repair is not None:
+                    self._set_meta(f"repair:{cid}", repair)
             self._refresh(cid)
+
+    def _pick_pair(self, v: int, rng: random.Random) -> tuple[str, str] | None:
+        """Two archive members of version v that share an ancestor (agents.crossover)."""
+        from agents.crossover import pick_pair
+
+        rows = self._archive_rows(v)
+        by_commit = {r.commit: r.candidate_id for r in rows}
+        pair = pick_pair(rows, self.repo.lineage, rng)  # type: ignore[attr-defined]
+        if pair is None:
+            return None
+        return by_commit[pair.first.commit], by_commit[pair.second.commit]
+
+    def _repair_target(self, v: int) -> str | None:
+        """The newest failed candidate (as of version v) with a commit that no earlier
+        child was asked to repair."""
+        statuses = self._generation(v).statuses
+        taken = {self._get_meta(f"repair:{c.id}") for c in self._cands.values() if c.id != ROOT_ID}
+        for c in sorted(self._cands.values(), key=lambda c: (c.generation, c.idx), reverse=True):
+            st = statuses.get(c.id)
+            if (st is not None and Status(st) in FAILURES and c.commit and c.id not in taken
+                    and not c.message.startswith("duplicate")):
+                return c.id
+        return None
 
     def _persona_stats(self, v: int) -> dict[str, PersonaStats]:
         statuses = self._generation(v).statuses
@@ -433,11 +472,7 @@ class GenerationLoop:
                 val_bpb=p.val_bpb if p else None, val_bpb_std=p.val_std if p else None,
                 delta_vs_parent=delta, status=rec.statuses.get(a.id, a.status.value),
             ))
-        archive = []
-        for r in rec.archive:
-            m = self._cands[r["candidate_id"]]
-            archive.append(ArchiveRow(m.id, m.commit or "", m.persona, m.hypothesis, r["val_bpb"],
-                                      r.get("val_std", 0.0), r["peak_mem_mb"], r.get("n_seeds", 1)))
+        archive = self._archive_rows(v)
         failures = []
         for o in sorted(self._cands.values(), key=lambda o: (o.generation, o.idx), reverse=True):
             st = rec.statuses.get(o.id)
@@ -446,16 +481,39 @@ class GenerationLoop:
             if len(failures) >= 8:
                 break
         floor = self._get_meta("noise_floor") or {}
+        repair_of = repair_py = None
+        target = self._get_meta(f"repair:{c.id}")
+        if target is not None:
+            f = self._cands[target]
+            repair_of = Failure(f.id, f.persona, f.hypothesis, rec.statuses.get(f.id, f.status.value), f.message[-2000:])
+            repair_py = self._train_py(f.commit or "")
+        second = self._cands[c.second_parent_id] if c.second_parent_id else None
         return ProposalContext(
             persona=c.persona, program=self.cfg.prose, parent_id=parent.id,
             parent_commit=parent.commit or "", parent_train_py=self._train_py(parent.commit or ""),
             lineage=lineage, archive=archive, failures=failures, tried=tried,
-            noise_floor=floor.get("val_std"),
+            noise_floor=floor.get("val_std"), repair_of=repair_of, repair_train_py=repair_py,
+            second_parent_commit=second.commit if second else None,
+            second_parent_train_py=self._train_py(second.commit or "") if second else None,
         )
 
-    def _propose_job(self, cid: str, ctx: ProposalContext) -> Proposal | InvalidEdit:
+    def _archive_rows(self, v: int) -> list[ArchiveRow]:
+        rows = []
+        for r in self._generation(v).archive:
+            m = self._cands[r["candidate_id"]]
+            rows.append(ArchiveRow(m.id, m.commit or "", m.persona, m.hypothesis, r["val_bpb"],
+                                   r.get("val_std", 0.0), r["peak_mem_mb"], r.get("n_seeds", 1)))
+        return rows
+
+    def _propose_job(self, cid: str, ctx: ProposalContext) -> Any:
         self._local.candidate_id = cid
         try:
+            if ctx.second_parent_commit:
+                from agents.crossover import CrossoverPair, crossover
+
+                rows = {r.commit: r for r in self._archive_rows(self._cands[cid].archive_version)}
+                pair = CrossoverPair(rows[ctx.parent_commit], rows[ctx.second_parent_commit], "", 0)
+                return crossover(self.repo, pair, ctx.persona)  # type: ignore[arg-type]
             return self.proposer.propose(ctx)
         finally:
             self._local.candidate_id = None
@@ -487,6 +545,9 @@ class GenerationLoop:
             answer = fut.result()  # a proposer's configuration error stops the run here
             self._drain_llm_calls()
             c = self._cands[cid]
+            merge_commit = None
+            if hasattr(answer, "merge_commit") and hasattr(answer, "outcome"):  # agents.crossover result
+                answer, merge_commit = answer.outcome, answer.merge_commit
             if isinstance(answer, InvalidEdit):
                 self.store.record_proposal(cid, None, answer.model, answer.hypothesis, "")  # type: ignore[arg-type]
                 self.store.set_status(cid, Status.INVALID_EDIT, answer.reason)
@@ -496,7 +557,10 @@ class GenerationLoop:
             parent = self._cands[c.parent_id or ROOT_ID]
             message = (f"{c.persona}: {answer.hypothesis}\n\ncandidate: {cid}\nparent: {parent.id}\n"
                        f"model: {answer.model}\narchive_version: {c.archive_version}\n")
-            sha = self.repo.commit_candidate(parent.commit or "", answer.train_py, message)
+            if merge_commit is not None:
+                sha = merge_commit  # the crossover's merge commit, with both parents
+            else:
+                sha = self.repo.commit_candidate(parent.commit or "", answer.train_py, message)
             self._files[sha] = answer.train_py
             with self.store.transaction():
                 self.store.record_proposal(cid, sha, answer.model, answer.hypothesis, answer.edit_format)

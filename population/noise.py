@@ -122,9 +122,12 @@ class PairedResult:
     p_val: float  # one-sided: child's val_bpb lower
     p_mem: float  # one-sided: child's memory lower by more than the margin
     p: float  # the candidate's p-value: better on at least one objective
+    mem_margin: float = 0.0
 
     def looks_better(self) -> bool:
-        return self.n > 0 and (self.mean_diff_val < 0 or self.p_mem < 0.5)
+        """Worth more seeds: its mean is better on one objective (memory by more than
+        the margin)."""
+        return self.n > 0 and (self.mean_diff_val < 0 or self.mean_diff_mem < -self.mem_margin)
 
 
 def paired_comparison(
@@ -151,7 +154,7 @@ def paired_comparison(
         p_mem = one_sided_p(d_mem + mem_margin, pooled.var_mem, pooled.df)
     m_val, m_mem = float(d_val.mean()), float(d_mem.mean())
     p = min(1.0, 2.0 * min(p_val, p_mem))
-    return PairedResult(len(seeds), m_val, m_mem, p_val, p_mem, p)
+    return PairedResult(len(seeds), m_val, m_mem, p_val, p_mem, p, mem_margin)
 
 
 def benjamini_hochberg(pvalues: Mapping[str, float], q: float) -> set[str]:

@@ -11,7 +11,7 @@ loop; the prose goes verbatim into every proposal's context.
     [seeds]    root, initial, max, per_round, fdr, epsilon_scale, rescore_every, rescore_seeds
     [stop]     generations, target_val_bpb, max_cost_usd, max_hours
     [constraints]  max_peak_mem_mb, max_val_bpb
-    [search]   lookahead, proposal_workers, bandit_floor, parent_floor
+    [search]   lookahead, proposal_workers, bandit_floor, parent_floor, crossover_rate
     [personas.NAME]  model = "...", plus whatever the agents read
     +++
     prose...
@@ -70,6 +70,7 @@ class ProgramConfig:
     proposal_workers: int = 2
     bandit_floor: float = 0.1
     parent_floor: float = 0.2
+    crossover_rate: float = 0.25  # share of a crossover persona's children that merge two members
     # model = "...", api_base = "..." (defaults for every persona) and [personas.NAME]
     # tables: passed as they are to agents.build_proposer, which validates them
     model: str | None = None
@@ -141,6 +142,7 @@ _SECTIONS: dict[str, dict[str, tuple[str, tuple[type, ...]]]] = {
     "search": {
         "lookahead": ("lookahead", (int,)), "proposal_workers": ("proposal_workers", (int,)),
         "bandit_floor": ("bandit_floor", (int, float)), "parent_floor": ("parent_floor", (int, float)),
+        "crossover_rate": ("crossover_rate", (int, float)),
     },
 }
 

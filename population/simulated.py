@@ -321,7 +321,8 @@ def prepare_py_text() -> str:
 
 def simulated_loop(run_dir, config, *, slots: int = 2, sigma: float = 0.01, run_seconds: float = 0.0,
                    proposer=None, personas: list[str] | None = None, program_md: str = "", on_event=None,
-                   salt: int = 0):
+                   salt: int = 0, preferences: dict[str, str] | None = None,
+                   crossover_personas: set[str] | None = None):
     """Build (or reopen) a simulated run in `run_dir`: real git repository, real store,
     simulated arena, deterministic proposer unless one is given. Returns
     (loop, store, repo, arena); the caller closes store and arena."""
@@ -341,5 +342,5 @@ def simulated_loop(run_dir, config, *, slots: int = 2, sigma: float = 0.01, run_
                            landscape=Landscape(sigma=sigma, salt=salt), run_seconds=run_seconds)
     loop = GenerationLoop(store, repo, arena, proposer or KnobProposer(salt=salt), config,
                           personas or ["explorer", "tuner"], slots=slots, on_event=on_event,
-                          preferences=SIM_PREFERENCES)
+                          preferences=preferences or SIM_PREFERENCES, crossover_personas=crossover_personas)
     return loop, store, repo, arena

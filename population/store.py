@@ -371,13 +371,12 @@ class Store:
         second_parent_id: str | None = None,
     ) -> None:
         self._writable()
+        updates = {"commit_sha": commit, "model": model, "hypothesis": hypothesis,
+                   "edit_format": edit_format, "updated_at": time.time()}
+        if second_parent_id is not None:
+            updates["second_parent_id"] = second_parent_id
         with self.db.atomic():
-            self.db["candidates"].update(
-                cid,
-                {"commit_sha": commit, "model": model, "hypothesis": hypothesis,
-                 "edit_format": edit_format, "second_parent_id": second_parent_id,
-                 "updated_at": time.time()},
-            )
+            self.db["candidates"].update(cid, updates)
 
     def set_status(self, cid: str, status: Status, message: str | None = None, **fields: Any) -> None:
         """Move a candidate to `status`, refusing transitions `arena.records` forbids."""

@@ -177,3 +177,69 @@ def test_every_llm_call_is_stored_with_its_candidate(tmp_path):
     assert all(c.model == "gpt-4o-mini" and c.completion_tokens > 0 for c in calls)
     assert store.total_cost() == pytest.approx(0.003)
     store.close()
+
+
+class RepairingProposer:
+    """'crasher' breaks the learning rate; 'fixer' repairs what it is handed."""
+
+    def __init__(self):
+        self.repairs: list[ProposalContext] = []
+        self._lock = threading.Lock()
+
+    def propose(self, ctx):
+        if ctx.persona == "crasher":
+            bad = 0.2 + 0.01 * len(ctx.tried)
+            return Proposal(ctx.parent_commit, "crasher", "s", f"LEARNING_RATE {bad}",
+                            set_knob(ctx.parent_train_py, "LEARNING_RATE", bad), "knobs")
+        if ctx.persona == "fixer" and ctx.repair_of is not None:
+            with self._lock:
+                self.repairs.append(ctx)
+            fixed = set_knob(ctx.repair_train_py, "LEARNING_RATE", 0.008)
+            return Proposal(ctx.parent_commit, "fixer", "s", f"repair {ctx.repair_of.candidate_id}", fixed, "knobs")
+        return KnobProposer().propose(ctx)
+
+
+def test_a_repairing_persona_gets_the_failed_code_and_its_parent(tmp_path):
+    cfg = ProgramConfig(generations=3, population=6, bandit_floor=0.5)
+    proposer = RepairingProposer()
+    _, store, repo, _ = _run(tmp_path, cfg, proposer=proposer, personas=["crasher", "fixer"],
+                             preferences={"crasher": "best", "fixer": "failed"})
+    cands = {c.id: c for c in store.candidates()}
+    assert proposer.repairs
+    for ctx in proposer.repairs:
+        failed = cands[ctx.repair_of.candidate_id]
+        assert failed.status in FAILURES and ctx.repair_train_py == repo.read_file(failed.commit, "train.py")
+        assert ctx.parent_id == failed.parent_id  # the repair is measured against the failed one's parent
+    assert any(c.persona == "fixer" and c.status == Status.CONFIRMED for c in cands.values())
+    store.close()
+
+
+class TwoDirectionsProposer:
+    """From the root: the tuner fixes the learning rate (better val_bpb), the architect
+    drops a layer (less memory): two members of the front with a common ancestor."""
+
+    def propose(self, ctx):
+        if ctx.parent_id == "root" and ctx.persona == "tuner":
+            return Proposal(ctx.parent_commit, "tuner", "s", "LEARNING_RATE 0.01",
+                            set_knob(ctx.parent_train_py, "LEARNING_RATE", 0.01), "knobs")
+        if ctx.parent_id == "root" and ctx.persona == "architect":
+            return Proposal(ctx.parent_commit, "architect", "s", "DEPTH 3",
+                            set_knob(ctx.parent_train_py, "DEPTH", 3), "knobs")
+        return KnobProposer().propose(ctx)
+
+
+def test_crossover_merges_two_archive_members_with_git(tmp_path):
+    cfg = ProgramConfig(generations=2, population=4, crossover_rate=1.0, bandit_floor=0.5, lookahead=0)
+    _, store, repo, _ = _run(tmp_path, cfg, proposer=TwoDirectionsProposer(), personas=["tuner", "architect"],
+                             preferences={"tuner": "best", "architect": "frontier"},
+                             crossover_personas={"architect"})
+    cands = {c.id: c for c in store.candidates()}
+    merged = [c for c in cands.values() if c.second_parent_id]
+    assert merged, "no crossover was planned"
+    for c in merged:
+        assert c.commit is not None
+        assert repo.parents(c.commit) == [cands[c.parent_id].commit, cands[c.second_parent_id].commit]
+        assert c.edit_format == "merge" and c.model == "git-merge"
+        knobs = read_knobs(repo.read_file(c.commit, "train.py"))
+        assert (knobs["LEARNING_RATE"], knobs["DEPTH"]) == (0.01, 3)  # both parents' changes
+    store.close()

@@ -141,6 +141,9 @@ def cmd_run(args: argparse.Namespace) -> int:
             raise
         finally:
             store.end_session(session, outcome)
+        from population.report import status_text
+
+        print(status_text(store), flush=True)
     return 0
 
 
@@ -199,9 +202,6 @@ def _run(args: argparse.Namespace, cfg: ProgramConfig, store: Store, repo: Any, 
     outcome = loop.run()
     say(f"stopped: {outcome.stop_reason}; archive version {outcome.generations}, "
         f"hypervolume {outcome.hypervolume:.5g}")
-    from population.report import status_text
-
-    print(status_text(store), flush=True)
     return outcome.stop_reason or "stopped"
 
 

@@ -783,6 +783,7 @@ class GenerationLoop:
 
     def run(self) -> LoopOutcome:
         self._recover()
+        self.store.set_meta("personas", self.personas)
         reason = ""
         try:
             while True:

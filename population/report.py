@@ -72,7 +72,7 @@ def report_text(store: Store) -> str:
     lines.append("")
     lines.append("personas:")
     costs = store.cost_by_candidate()
-    per: dict[str, list] = {}
+    per: dict[str, list] = {name: [0, 0, 0.0, 0] for name in store.get_meta("personas", [])}
     for c in cands:
         if c.id == "root":
             continue

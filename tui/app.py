@@ -6,7 +6,9 @@ snapshot to small widgets: the run header, the population table, the Pareto arch
 (table and scatter), the selected candidate's log tail and the events feed. Enter opens
 a candidate's details with its diff against its parent (from git).
 
-Keys: q quit, r refresh now, enter details, escape close the details.
+Keys: q quit, r refresh now, enter details (escape closes them), s sort the population,
+tab between the population and the archive (the focused table picks the candidate whose
+log is tailed and which the scatter marks).
 
 What it does not do: write. The store is opened with SQLite's read-only mode, git is
 only read, log files are only read. A missing or unreadable store ends the app with a

@@ -8,6 +8,7 @@ What it does not do: find the file (`tui.snapshot.candidate_log` does) or read t
 
 from __future__ import annotations
 
+import codecs
 import logging
 from pathlib import Path
 
@@ -27,6 +28,7 @@ class LogTail(Log):
         self._following = False  # follow() called at least once
         self._offset = 0
         self._partial = ""
+        self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
 
     def on_mount(self) -> None:
         self.border_title = "log"
@@ -39,6 +41,7 @@ class LogTail(Log):
         self.path = path
         self._offset = 0
         self._partial = ""
+        self._decoder.reset()
         self.clear()
         self.border_title = f"log {label}" if label else "log"
         self.border_subtitle = str(path) if path else "no log yet"
@@ -53,6 +56,7 @@ class LogTail(Log):
             size = self.path.stat().st_size
             if size < self._offset:  # replaced or truncated: start over
                 self._offset, self._partial = 0, ""
+                self._decoder.reset()
                 self.clear()
             if size == self._offset:
                 return
@@ -64,7 +68,9 @@ class LogTail(Log):
             self.border_subtitle = f"{self.path}: {exc.strerror or exc}"
             return
         self._offset = start + len(data)
-        text = self._partial + data.decode("utf-8", errors="replace")
+        self.border_subtitle = str(self.path)
+        # incremental: a character split between two reads is decoded whole
+        text = self._partial + self._decoder.decode(data)
         lines = text.split("\n")
         self._partial = lines.pop()
         if lines:  # a progress bar rewrites its line with \r: keep what it ended as

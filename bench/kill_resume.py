@@ -78,26 +78,15 @@ def main(argv: list[str] | None = None) -> int:
         print("|---|---|---|---|---|---|---|")
         for trial in range(a.trials):
             rng = random.Random(trial)
-            run_dir = Path(tmp) / f"trial{trial}"
             kills = lost = 0
-            attempts = 0
-            while True:
-                before = read(run_dir)[0]
-                p = start(run_dir, args, resume=attempts > 0)
-                attempts += 1
-                try:
-                    p.wait(timeout=rng.uniform(0.2, duration) if kills < a.max_kills else None)
-                except subprocess.TimeoutExpired:
-                    p.send_signal(signal.SIGKILL)
-                    p.wait()
-                    kills += 1
-                    after = read(run_dir)[0]
-                    lost += sum(1 for k, v in before.items() if after.get(k) != v)
-                    continue
-                if p.returncode != 0:
-                    print(f"trial {trial}: evolve exited {p.returncode}: {p.stderr.read().decode()[-500:]}")
+            fresh = 0
+            while kills == 0:  # a run that ends before its first kill proves nothing: start over
+                fresh += 1
+                run_dir = Path(tmp) / f"trial{trial}-{fresh}"
+                kills, lost = run_trial(run_dir, args, rng, duration, a.max_kills)
+                if kills < 0:
                     failures += 1
-                break
+                    break
             evals, archive, cands, interrupted = read(run_dir)
             same = (evals == ref[0], cands == ref[2], archive == ref[1])
             failures += (not all(same)) or lost > 0
@@ -105,6 +94,29 @@ def main(argv: list[str] | None = None) -> int:
     print("all trials passed" if not failures else f"{failures} trial(s) FAILED")
     return 1 if failures else 0
 
+
+def run_trial(run_dir: Path, args: list[str], rng: random.Random, duration: float,
+              max_kills: int) -> tuple[int, int]:
+    """Kill and resume until evolve finishes; returns (kills, evaluations lost at a kill),
+    kills -1 when evolve failed."""
+    kills = lost = attempts = 0
+    while True:
+        before = read(run_dir)[0]
+        p = start(run_dir, args, resume=attempts > 0)
+        attempts += 1
+        try:
+            p.wait(timeout=rng.uniform(0.2, duration) if kills < max_kills else None)
+        except subprocess.TimeoutExpired:
+            p.send_signal(signal.SIGKILL)
+            p.wait()
+            kills += 1
+            after = read(run_dir)[0]
+            lost += sum(1 for k, v in before.items() if after.get(k) != v)
+            continue
+        if p.returncode != 0:
+            print(f"{run_dir.name}: evolve exited {p.returncode}: {p.stderr.read().decode()[-500:]}")
+            return -1, lost
+        return kills, lost
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -40,11 +40,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from agents.proposal import Proposal, ProposalContext  # noqa: E402
-from population.loop import ROOT_ID  # noqa: E402
-from population.program import ProgramConfig  # noqa: E402
-from population.simulated import SIM_TRAIN_PY, KnobProposer, Landscape, read_knobs, simulated_loop  # noqa: E402
-from arena.records import Status  # noqa: E402
+from agents.proposal import Proposal, ProposalContext
+from arena.records import Status
+from population.loop import ROOT_ID
+from population.program import ProgramConfig
+from population.simulated import SIM_TRAIN_PY, KnobProposer, Landscape, read_knobs, simulated_loop
 
 
 @dataclass

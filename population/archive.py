@@ -141,7 +141,7 @@ class ParetoArchive:
 
     @classmethod
     def build(cls, points: list[Point], eps: tuple[float, float], ref: tuple[float, float],
-              constraints: Constraints | None = None) -> "ParetoArchive":
+              constraints: Constraints | None = None) -> ParetoArchive:
         arch = cls(eps=eps, ref=ref, constraints=constraints or Constraints())
         arch.members = epsilon_front([p for p in points if arch.constraints.violation(p) is None], eps)
         return arch

@@ -15,7 +15,7 @@ from pathlib import Path
 import git
 
 from arena.repo import ExperimentRepo
-from population.store import Store
+from population.store import Store, StoreError
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +44,7 @@ def export(run_dir: str | Path, store: Store, candidate_id: str | None, fmt: str
     cid = candidate_id or best_candidate(store)
     try:
         cand = store.candidate(cid)
-    except Exception as exc:
+    except StoreError as exc:
         raise ExportError(str(exc)) from None
     if not cand.commit:
         raise ExportError(f"candidate {cid} has no commit (status {cand.status.value}): nothing to export")

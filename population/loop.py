@@ -33,12 +33,18 @@ import random
 import statistics
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, Callable, Protocol
+from typing import Any, Protocol
 
 from agents.proposal import (
-    ArchiveRow, Failure, InvalidEdit, LineageStep, Proposal, ProposalContext, Proposer,
+    ArchiveRow,
+    Failure,
+    InvalidEdit,
+    LineageStep,
+    ProposalContext,
+    Proposer,
 )
 from arena.records import FAILURES, RunRequest, RunResult, Status
 from population import noise

@@ -20,8 +20,8 @@ recompute every decision from the store after a restart and reach the same answe
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Mapping
 
 import numpy as np
 from scipy.special import stdtr  # Student t CDF; scipy.stats would cost seconds of import

@@ -78,7 +78,7 @@ class ProgramConfig:
     personas: dict[str, dict] = field(default_factory=dict)
     prose: str = ""
 
-    def with_overrides(self, **overrides: Any) -> "ProgramConfig":
+    def with_overrides(self, **overrides: Any) -> ProgramConfig:
         """Command-line flags win over the front matter; `None` means "not given"."""
         given = {k: v for k, v in overrides.items() if v is not None}
         if "model" in given:

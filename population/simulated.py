@@ -28,8 +28,8 @@ import math
 import random
 import re
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 from agents.proposal import InvalidEdit, Proposal, ProposalContext
 from arena.records import RunRequest, RunResult, Status
@@ -203,8 +203,8 @@ class SimulatedArena:
         heapq.heappush(self._pending, _Pending(time.monotonic() + self.run_seconds, next(self._order), result))
 
     def _score(self, req: RunRequest, train_py: str) -> RunResult:
-        base = dict(candidate_id=req.candidate_id, commit=req.commit, seed=req.seed,
-                    device_type=self.device_type, device_name=self.device_name)
+        base = {"candidate_id": req.candidate_id, "commit": req.commit, "seed": req.seed,
+                "device_type": self.device_type, "device_name": self.device_name}
         try:
             knobs = read_knobs(train_py)
         except SyntaxError as exc:
@@ -295,7 +295,7 @@ def _mutate(knob: Knob, old: float, step: float, rng: random.Random) -> float:
         new = float(old) + rng.gauss(0.0, 0.1 * step)
     new = min(max(new, knob.lo), knob.hi)
     if knob.integer:
-        return int(round(new))
+        return round(new)
     return float(f"{new:.4g}")
 
 

@@ -20,9 +20,10 @@ import logging
 import os
 import sqlite3
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Self
 
 import sqlite_utils
 
@@ -239,7 +240,7 @@ class Store:
     # -- opening -------------------------------------------------------------------
 
     @classmethod
-    def open(cls, path: str | os.PathLike, readonly: bool = False) -> "Store":
+    def open(cls, path: str | os.PathLike, readonly: bool = False) -> Store:
         path = Path(path)
         if readonly:
             if not path.exists():
@@ -278,7 +279,7 @@ class Store:
             os.close(self._lock_fd)
             self._lock_fd = None
 
-    def __enter__(self) -> "Store":
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -8,7 +8,13 @@ import random
 import pytest
 
 from population.archive import (
-    Constraints, ParetoArchive, Point, crowding_distance, dominates, epsilon_front, hypervolume,
+    Constraints,
+    ParetoArchive,
+    Point,
+    crowding_distance,
+    dominates,
+    epsilon_front,
+    hypervolume,
     hypervolume_contributions,
 )
 

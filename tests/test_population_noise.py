@@ -9,8 +9,14 @@ import pytest
 from scipy import stats
 
 from population.noise import (
-    PairedResult, RacePolicy, benjamini_hochberg, noise_floor, one_sided_p, paired_comparison,
-    race_seed, rescore_seed,
+    PairedResult,
+    RacePolicy,
+    benjamini_hochberg,
+    noise_floor,
+    one_sided_p,
+    paired_comparison,
+    race_seed,
+    rescore_seed,
 )
 
 

@@ -8,7 +8,13 @@ import pytest
 
 from arena.records import RunResult, Status
 from population.store import (
-    MIGRATIONS, Candidate, LLMCall, SchemaMismatch, Store, StoreLocked, store_path,
+    MIGRATIONS,
+    Candidate,
+    LLMCall,
+    SchemaMismatch,
+    Store,
+    StoreLocked,
+    store_path,
 )
 
 
@@ -25,7 +31,7 @@ def _ok(cid: str, seed: int, val: float = 1.0) -> RunResult:
 def test_new_store_records_migrations_and_uses_wal(tmp_path):
     with Store.open(store_path(tmp_path)) as s:
         assert s.schema_version() == [name for name, _ in MIGRATIONS]
-        mode = list(s.db.query("PRAGMA journal_mode"))[0]["journal_mode"]
+        mode = next(iter(s.db.query("PRAGMA journal_mode")))["journal_mode"]
         assert mode == "wal"
         assert {"runs", "candidates", "evaluations", "llm_calls", "events"} <= set(s.db.table_names())
 

@@ -22,12 +22,15 @@ import prepare
 
 # ---------------------------------------------------------------------------
 # Hyperparameters (edit these). Values with `if ON_GPU else` are sized per device.
+# The GPU preset is sized for the embedded corpus (3.6M training bytes): on an H200 a
+# 25M-parameter model sees it 16 times in 60 s and overfits (val_bpb 2.15 against 1.66
+# for this 3.3M one). With tinystories or climbmix, raise DEPTH and MODEL_DIM.
 
 ON_GPU = prepare.device_type() == "cuda"
 
-DEPTH = 8 if ON_GPU else 4  # transformer blocks
-MODEL_DIM = 512 if ON_GPU else 128  # residual stream width
-N_HEADS = 8 if ON_GPU else 4  # attention heads (MODEL_DIM must divide by it)
+DEPTH = 4  # transformer blocks
+MODEL_DIM = 256 if ON_GPU else 128  # residual stream width
+N_HEADS = 4  # attention heads (MODEL_DIM must divide by it)
 MLP_RATIO = 4  # hidden width of the MLP, as a multiple of MODEL_DIM
 SEQ_LEN = 256 if ON_GPU else 128  # training context (at most prepare.SEQ_LEN)
 BATCH_SIZE = 128 if ON_GPU else 32  # sequences per step

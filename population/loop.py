@@ -610,6 +610,17 @@ class GenerationLoop:
             log.debug("result for %s seed %s arrived after its run was called off; ignored",
                       r.candidate_id, r.seed)
             return
+        if r.status != Status.EVALUATED and not r.status.is_failure():
+            # no outcome (the arena cancelled it, e.g. while shutting down): run it again
+            self.store.interrupt_evaluation(entry[0], r.message or f"returned as {r.status.value}")
+            c = self._cands[r.candidate_id]
+            if c.status == Status.RUNNING and not any(k == c.id for k, _ in self._inflight):
+                done = any(e.ok for e in self._evals.get(c.id, {}).values() if e.purpose in OWN_PURPOSES)
+                self.store.set_status(c.id, Status.EVALUATED if done else Status.PROPOSED)
+                self._refresh(c.id)
+            self._event("interrupted", f"run of {c.id} on seed {r.seed} came back without an outcome; "
+                        "it will be redone", None, c.id)
+            return
         self.store.finish_evaluation(entry[0], r)
         evals = {e.seed: e for e in self.store.evaluations(r.candidate_id)}
         self._evals[r.candidate_id] = evals

@@ -443,6 +443,14 @@ class Store:
                 eval_id, {"status": "cancelled", "message": reason, "finished_at": time.time()}
             )
 
+    def interrupt_evaluation(self, eval_id: int, reason: str) -> None:
+        """One run that came back without an outcome (the arena called it off): it is redone."""
+        self._writable()
+        with self.db.atomic():
+            self.db["evaluations"].update(
+                eval_id, {"status": "interrupted", "message": reason, "finished_at": time.time()}
+            )
+
     def interrupt_running(self) -> list[Evaluation]:
         """Mark evaluations left `running` by a dead process as `interrupted` (they are
         redone); returns them."""

@@ -243,3 +243,36 @@ def test_crossover_merges_two_archive_members_with_git(tmp_path):
         knobs = read_knobs(repo.read_file(c.commit, "train.py"))
         assert (knobs["LEARNING_RATE"], knobs["DEPTH"]) == (0.01, 3)  # both parents' changes
     store.close()
+
+
+class ForgetfulArena:
+    """A simulated arena whose first run comes back without an outcome, as
+    LocalArena.cancel reports a called-off run (status proposed)."""
+
+    def __init__(self, inner):
+        self.inner, self.dropped = inner, 0
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+    def poll(self, timeout=0.0):
+        out = []
+        for r in self.inner.poll(timeout):
+            if self.dropped == 0:
+                self.dropped += 1
+                r = dataclasses.replace(r, status=Status.PROPOSED, message="cancelled", val_bpb=None)
+            out.append(r)
+        return out
+
+
+def test_a_run_that_comes_back_without_an_outcome_is_redone(tmp_path):
+    loop, store, _, arena = simulated_loop(tmp_path / "run", ProgramConfig(generations=1, population=2))
+    loop.arena = ForgetfulArena(arena)
+    loop.run()
+    arena.close()
+    everything = store.evaluations(include_unfinished=True)
+    dropped = [e for e in everything if e.status == "interrupted"]
+    assert len(dropped) == 1
+    redone = [e for e in everything if (e.candidate_id, e.seed) == (dropped[0].candidate_id, dropped[0].seed)]
+    assert [e.status for e in redone] == ["interrupted", "evaluated"]
+    store.close()

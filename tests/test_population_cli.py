@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -84,3 +85,32 @@ def test_main_help_names_the_subcommands():
     assert r.returncode == 0
     for word in ("--generations", "--resume", "--simulate", "status", "export", "prepare"):
         assert word in r.stdout
+
+
+def test_prepare_delegates_to_prepare_py():
+    r = evolve("prepare", "--help")
+    assert r.returncode == 0 and "--source" in r.stdout and "--tokenizer" in r.stdout
+
+
+def test_status_reads_a_running_store_without_blocking_it(tmp_path):
+    run_dir = tmp_path / "live"
+    p = subprocess.Popen([sys.executable, "-m", "population.cli", "--simulate", "--generations", "3",
+                          "--population", "3", "--sim-run-seconds", "0.2", "--run-dir", str(run_dir), "-q"],
+                         cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        seen_running = False
+        for _ in range(100):
+            if (run_dir / "evolve.db").exists():
+                r = evolve("status", "--run-dir", str(run_dir))
+                assert r.returncode == 0, r.stderr
+                if "running" in r.stdout.splitlines()[1]:
+                    seen_running = True
+                    break
+            if p.poll() is not None:
+                break
+            time.sleep(0.2)
+        assert seen_running
+        assert p.wait(timeout=120) == 0, p.stderr.read().decode()  # the writer was never blocked
+    finally:
+        if p.poll() is None:
+            p.kill()

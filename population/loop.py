@@ -3,7 +3,10 @@
 Flow of one generation g (generation 0 measures the root on `seeds.root` seeds, which
 gives the noise floor):
 1. plan: for each of `population` children pick a persona (bandit) and a parent
-   (archive, with diversity), both from the archive version the child sees;
+   (archive, with diversity; a persona that prefers "best" mostly gets the lowest
+   val_bpb), both from the archive version the child sees; a crossover persona sometimes
+   gets two members that share an ancestor (merged by git, agents.crossover), a persona
+   that prefers "failed" gets a recent failure to repair (measured against its parent);
 2. propose: proposer calls run in worker threads while the devices are busy; the first
    `lookahead` children of the next generation are proposed early, from the archive
    before the current generation (each child records the `archive_version` it saw);

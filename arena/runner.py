@@ -24,6 +24,7 @@ import logging
 import math
 import os
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -222,7 +223,8 @@ def read_claimed(out_dir: Path, log_text: str) -> dict:
     claimed: dict = {}
     path = out_dir / "claimed.json"
     try:
-        if path.is_file() and path.stat().st_size <= MAX_CLAIMED_BYTES:
+        # never follow a link the candidate planted (it could point anywhere)
+        if not path.is_symlink() and path.is_file() and path.stat().st_size <= MAX_CLAIMED_BYTES:
             data = json.loads(path.read_text())
             if isinstance(data, dict):
                 claimed.update(data)
@@ -297,6 +299,9 @@ def run_candidate(
     """Train `worktree`'s train.py and evaluate it. Never raises for candidate faults:
     every failure is an Outcome with a status and a message."""
     out_dir.mkdir(parents=True, exist_ok=True)
+    # The code that is evaluated is the code that was committed: train.py as checked
+    # out, before the candidate runs (it could rewrite itself or drop modules beside it).
+    committed_train = (worktree / "train.py").read_bytes()
     home = out_dir / "home"
     home.mkdir(exist_ok=True)
     log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -345,19 +350,26 @@ def run_candidate(
         return Outcome(
             Status.PROPOSED, "cancelled by the arena before evaluation; not measured", **common
         )
-    ev_status, ev_message, val_bpb, test_bpb, eval_wall = evaluate(
-        worktree=worktree,
-        out_dir=out_dir,
-        log_path=log_path.with_suffix(".eval.log"),
-        data_dir=data_dir,
-        trusted_prepare=trusted_prepare,
-        slot=slot,
-        seed=seed,
-        sandbox=sandbox,
-        eval_timeout_s=eval_timeout_s,
-        term_grace_s=term_grace_s,
-        handle=handle,
-    )
+    source = out_dir.parent / f"{out_dir.name}.src"
+    source.mkdir(exist_ok=True)
+    (source / "train.py").write_bytes(committed_train)
+    (source / "prepare.py").write_bytes(trusted)
+    try:
+        ev_status, ev_message, val_bpb, test_bpb, eval_wall = evaluate(
+            worktree=source,
+            out_dir=out_dir,
+            log_path=log_path.with_suffix(".eval.log"),
+            data_dir=data_dir,
+            trusted_prepare=trusted_prepare,
+            slot=slot,
+            seed=seed,
+            sandbox=sandbox,
+            eval_timeout_s=eval_timeout_s,
+            term_grace_s=term_grace_s,
+            handle=handle,
+        )
+    finally:
+        shutil.rmtree(source, ignore_errors=True)
     return Outcome(
         ev_status, ev_message, val_bpb=val_bpb, test_bpb=test_bpb, eval_wall_s=eval_wall, **common
     )

@@ -114,6 +114,14 @@ def hostile_sources(outside, data_dir, run_dir):
             "        model.head.weight.fill_(float('nan'))\n"
             "    prepare.save_for_eval(model, build_kwargs, stats)",
         ),
+        # rewrites its own train.py (and plants a module) for the evaluator to import
+        "m_rewrites_itself": in_main("""
+            import pathlib
+            me = pathlib.Path(__file__)
+            me.write_text(me.read_text().replace(
+                "def build_model(**kw):", "def build_model(**kw):\\n    raise SystemExit('rewritten')"))
+            pathlib.Path("torch_helpers.py").write_text("raise SystemExit('planted')\\n")
+        """),
         # (j) at import (which also runs inside the evaluator) looks for the test split
         "j_reads_eval_at_import": at_import(f"""
             import os as _os, sys as _sys
@@ -351,3 +359,9 @@ def test_l_nan_weights_give_nan(suite):
     r = suite["results"]["l_nan_weights"]
     assert r.status is Status.NAN and r.val_bpb is None
     assert "non-finite logits" in r.message
+
+
+def test_m_the_evaluator_runs_the_committed_code_not_a_rewritten_one(suite):
+    r = suite["results"]["m_rewrites_itself"]
+    assert r.status is Status.EVALUATED, r.message
+    assert "rewritten" not in eval_log_of(r)

@@ -286,8 +286,11 @@ class GenerationLoop:
         return hit
 
     def _pooled(self, v: int) -> noise.PooledNoise | None:
-        """The pooled difference noise of every child of generations 1..v (fixed once v is
-        finished, so decisions during generation v+1 do not depend on timing)."""
+        """The pooled difference noise of every child of generations 1..v. Only asked for
+        finished versions (a child uses the archive version it saw), so it is fixed and
+        decisions never depend on timing."""
+        if v > self.version():
+            raise LoopError(f"pooled noise asked for unfinished archive version {v}")
         if v not in self._pooled_cache:
             pairs = []
             for c in self._cands.values():
@@ -322,7 +325,7 @@ class GenerationLoop:
             if not all(s in parent and parent[s].finished for s in seeds):
                 return seeds
             result = self._paired(self._measurements(c.id, OWN_PURPOSES), c.parent_id or "",
-                                  self._pooled(c.generation - 1))
+                                  self._pooled(c.archive_version))
             nxt = self.race.next_count(n, result)
             if nxt == n:
                 return seeds
@@ -733,7 +736,8 @@ class GenerationLoop:
         for c in self._children(g):
             if c.status != Status.EVALUATED:
                 continue
-            res = self._paired(self._measurements(c.id, OWN_PURPOSES), c.parent_id or "", self._pooled(g - 1))
+            res = self._paired(self._measurements(c.id, OWN_PURPOSES), c.parent_id or "",
+                               self._pooled(c.archive_version))
             results[c.id] = res
             p = self._point(c.id, g)
             violation = self.constraints.violation(p) if p else "no successful run"

@@ -119,6 +119,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         text = args.program.read_text(encoding="utf-8") if args.program else default_program_md()
         cfg = _config(args, text, str(args.program or "program.md"))
         mode_hint = "simulate" if args.simulate else "real"
+        if mode_hint == "real":
+            _real_slots(args, cfg)  # a bad --devices or missing data stops here, before anything is created
         repo = _create_repo(run_dir, _train_py(mode_hint), text)
 
     store = Store.open(store_path(run_dir))
@@ -205,10 +207,11 @@ def _run(args: argparse.Namespace, cfg: ProgramConfig, store: Store, repo: Any, 
     return outcome.stop_reason or "stopped"
 
 
-def _real_arena(args: argparse.Namespace, cfg: ProgramConfig, repo: Any) -> tuple[Any, int]:
+def _real_slots(args: argparse.Namespace, cfg: ProgramConfig) -> tuple[Path, list[Any]]:
+    """The prepared data and the device slots, or a CLIError saying what to do."""
     try:
         from arena.devices import detect_slots
-        from arena.local import LocalArena
+        from arena.local import check_data_dir
     except ImportError as exc:
         raise CLIError(f"the arena is not available ({exc}); use --simulate") from None
     data_dir = args.data_dir or (Path(os.environ["EVOLVE_DATA"]) if os.environ.get("EVOLVE_DATA") else None)
@@ -216,9 +219,20 @@ def _real_arena(args: argparse.Namespace, cfg: ProgramConfig, repo: Any) -> tupl
         import prepare
 
         data_dir = prepare.default_data_dir()
-    devices = ",".join(cfg.devices) if cfg.devices else None
-    slots = detect_slots(devices)
-    return LocalArena(repo, data_dir, slots), len(slots)
+    try:
+        return check_data_dir(data_dir), detect_slots(",".join(cfg.devices) if cfg.devices else None)
+    except ValueError as exc:
+        raise CLIError(str(exc)) from None
+
+
+def _real_arena(args: argparse.Namespace, cfg: ProgramConfig, repo: Any) -> tuple[Any, int]:
+    from arena.local import LocalArena
+
+    data_dir, slots = _real_slots(args, cfg)
+    try:
+        return LocalArena(repo, data_dir, slots), len(slots)
+    except ValueError as exc:
+        raise CLIError(str(exc)) from None
 
 
 def _real_personas(cfg: ProgramConfig) -> dict[str, Any]:

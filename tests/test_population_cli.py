@@ -114,3 +114,11 @@ def test_status_reads_a_running_store_without_blocking_it(tmp_path):
     finally:
         if p.poll() is None:
             p.kill()
+
+
+def test_a_real_run_with_bad_devices_or_no_data_creates_nothing(tmp_path):
+    r = evolve("--generations", "1", "--devices", "cpu:x", "--run-dir", str(tmp_path / "a"))
+    assert r.returncode == 1 and "--devices" in r.stderr and r.stderr.count("\n") == 1
+    r = evolve("--generations", "1", "--data-dir", str(tmp_path / "nodata"), "--run-dir", str(tmp_path / "b"))
+    assert r.returncode == 1 and "prepare" in r.stderr
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()

@@ -23,7 +23,9 @@ PREPARE = (ROOT / "prepare.py").read_text()
 PROGRAM = "# program\nMinimise val_bpb.\n"
 SAMPLE = "In the beginning was the word, and the word was with the harness.\n"
 
-HAS_BWRAP = shutil.which("bwrap") is not None
+# EVOLVE_TEST_NO_BWRAP=1 runs the arena's tests as on a machine without bubblewrap.
+HAS_BWRAP = shutil.which("bwrap") is not None and not os.environ.get("EVOLVE_TEST_NO_BWRAP")
+USE_BWRAP = None if HAS_BWRAP else False
 
 
 def build_cache(folder: Path) -> Path:

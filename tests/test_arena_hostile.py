@@ -15,7 +15,15 @@ import pytest
 from arena.devices import detect_slots
 from arena.local import LocalArena
 from arena.records import RunRequest, Status
-from arena_helpers import HAS_BWRAP, TINY_TRAIN, build_cache, make_repo, survivors, tree_digest
+from arena_helpers import (
+    HAS_BWRAP,
+    USE_BWRAP,
+    TINY_TRAIN,
+    build_cache,
+    make_repo,
+    survivors,
+    tree_digest,
+)
 
 pytestmark = pytest.mark.slow
 needs_bwrap = pytest.mark.skipif(not HAS_BWRAP, reason="bubblewrap (bwrap) is not installed")
@@ -32,6 +40,11 @@ def in_main(code: str) -> str:
     return TINY_TRAIN.replace("def main():\n", "def main():\n" + body, 1)
 
 
+def standalone(code: str) -> str:
+    """A train.py that fails before it would train: no torch import, so it is quick."""
+    return "import prepare\n\n" + textwrap.dedent(code).strip() + "\n"
+
+
 def at_import(code: str) -> str:
     return TINY_TRAIN.replace(
         "import prepare\n", "import prepare\n" + textwrap.dedent(code).strip() + "\n", 1
@@ -41,13 +54,13 @@ def at_import(code: str) -> str:
 def hostile_sources(outside, data_dir, run_dir):
     return {
         # (a) rewrites the harness so that it reports a perfect score
-        "a_rewrites_prepare": in_main("""
+        "a_rewrites_prepare": standalone("""
             import pathlib
             p = pathlib.Path(prepare.__file__)
             p.write_text(p.read_text().replace("bpb = total_nats", "bpb = 0.0 * total_nats"))
         """),
         # (b) prints a fake summary and exits without training
-        "b_fake_summary": in_main("""
+        "b_fake_summary": standalone("""
             prepare.print_summary({"val_bpb": 0.01, "training_seconds": 300.0})
             raise SystemExit(0)
         """),
@@ -68,13 +81,13 @@ def hostile_sources(outside, data_dir, run_dir):
             "        h = torch.relu(self.hidden(h) + self.prev(shifted) + leak)",
         ),
         # (f) allocates memory past the ceiling, touching it
-        "f_allocates": in_main("""
+        "f_allocates": standalone("""
             blocks = []
             while True:
                 blocks.append(bytearray(256 << 20))
         """),
         # (f') stays under the per-process ceiling, but its processes together do not
-        "f2_forks_to_allocate": in_main(f"""
+        "f2_forks_to_allocate": standalone(f"""
             import subprocess, sys
             hog = "import time; b = bytearray(900 << 20); time.sleep(60)"
             kids = [subprocess.Popen([sys.executable, "-c", hog, "{MARKER}-f2"]) for _ in range(3)]
@@ -92,7 +105,7 @@ def hostile_sources(outside, data_dir, run_dir):
                     print("PROC", pid, "refused", exc, flush=True)
         """),
         # (h) writes outside its worktree: the run dir, the data cache, a sibling folder
-        "h_writes_outside": in_main(f"""
+        "h_writes_outside": standalone(f"""
             import pathlib
             for target in ({str(run_dir / "evil.txt")!r}, {str(data_dir / "train" / "tokens.bin")!r}):
                 try:
@@ -104,7 +117,7 @@ def hostile_sources(outside, data_dir, run_dir):
             pathlib.Path({str(outside / "evil.txt")!r}).write_text("evil")
         """),
         # a plain crash: the traceback tail is the message
-        "k_crashes": in_main("""
+        "k_crashes": standalone("""
             raise ValueError("learning rate schedule went wrong")
         """),
         # training diverges: the weights it hands over are NaN
@@ -169,6 +182,8 @@ def suite(tmp_path_factory):
     )
     commits = {}
     for name, src in hostile_sources(outside, data_dir, run_dir).items():
+        if name == "h_writes_outside" and not HAS_BWRAP:
+            continue  # without the sandbox it would really damage the shared fixture
         commits[name] = repo.commit_candidate(repo.root_commit, src, name)
     for name, src in SLOW_KILL.items():
         commits[name] = repo.commit_candidate(repo.root_commit, src, name)
@@ -189,6 +204,7 @@ def suite(tmp_path_factory):
             slots,
             mem_limit_mb=MEM_LIMIT_MB,
             startup_allowance_s=60,
+            use_bwrap=USE_BWRAP,
             eval_timeout_s=120,
         ) as arena,
         LocalArena(
@@ -197,6 +213,7 @@ def suite(tmp_path_factory):
             slots,
             mem_limit_mb=MEM_LIMIT_MB,
             startup_allowance_s=3,
+            use_bwrap=USE_BWRAP,
             term_grace_s=1.0,
             logs_dir=run_dir / "logs-fast",
         ) as fast,
@@ -251,11 +268,15 @@ def test_next_candidate_runs_normally(suite):
     assert 0 < r.val_bpb < 8 and 0 < r.test_bpb < 8 and r.peak_mem_mb > 10
 
 
-@needs_bwrap
 def test_a_rewriting_prepare_fails_and_counts_for_nothing(suite):
     r = suite["results"]["a_rewrites_prepare"]
-    assert r.status is Status.CRASHED and r.val_bpb is None
-    assert "Read-only file system" in r.message and "prepare.py" in r.message
+    assert r.val_bpb is None
+    if HAS_BWRAP:  # prevented: prepare.py is mounted read-only
+        assert r.status is Status.CRASHED
+        assert "Read-only file system" in r.message and "prepare.py" in r.message
+    else:  # detected after the run
+        assert r.status is Status.CONTRACT_ERROR
+        assert r.message.startswith("prepare.py in the worktree was modified during the run")
 
 
 def test_b_fake_summary_is_claimed_not_measured(suite):

@@ -140,3 +140,14 @@ def test_claimed_numbers_are_parsed_from_the_last_summary_block():
     assert parse_summary("no block here\n") == {}
     tb = "noise\nTraceback (most recent call last):\n  File x\nKeyError: 'k'\n"
     assert traceback_tail(tb) == "Traceback (most recent call last):\n  File x\nKeyError: 'k'"
+
+
+def test_without_bubblewrap_the_arena_says_what_is_not_enforced(world, caplog):
+    repo, data_dir = world
+    with caplog.at_level("WARNING", logger="arena.sandbox"):
+        LocalArena(
+            repo, data_dir, detect_slots("cpu:1"), mem_limit_mb=2048, use_bwrap=False
+        ).close()
+    lines = [r.getMessage() for r in caplog.records if r.name == "arena.sandbox"]
+    assert len(lines) == 5 and all(m.startswith("sandbox NOT enforced:") for m in lines)
+    assert any("network" in m for m in lines) and any("evaluation splits" in m for m in lines)

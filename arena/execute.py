@@ -42,7 +42,7 @@ class ArenaConfig:
     mem_limit_mb: int
     use_bwrap: bool | None = None  # None: bubblewrap when installed
     startup_allowance_s: float = 60.0  # added to the budget for the wall limit
-    eval_timeout_s: float = 600.0
+    eval_timeout_s: float = 900.0  # probe + val + test; CPU evaluation of big models is slow
     term_grace_s: float = 3.0  # between SIGTERM and SIGKILL
     keep_outputs: bool = False  # keep model.pt after evaluation
     annotate: bool = True  # git note with the metrics on each commit

@@ -127,7 +127,7 @@ class GenerationLoop:
         self.on_event = on_event or (lambda msg: None)
         self.clock = clock
         self.race = noise.RacePolicy(config.initial_seeds, config.seeds_per_round,
-                                     config.max_seeds, config.race_stop_p)
+                                     config.max_seeds, config.race_stop_p, config.race_continue_p)
         self.constraints = Constraints(config.max_peak_mem_mb, config.max_val_bpb)
         stored_lookahead = store.get_meta("lookahead")
         if stored_lookahead is None:

@@ -123,6 +123,7 @@ class PairedResult:
     p_mem: float  # one-sided: child's memory lower by more than the margin
     p: float  # the candidate's p-value: better on at least one objective
     mem_margin: float = 0.0
+    informative: bool = True  # False: one seed and no pooled variance, p says nothing yet
 
     def looks_better(self) -> bool:
         """Worth more seeds: its mean is better on one objective (memory by more than
@@ -154,7 +155,8 @@ def paired_comparison(
         p_mem = one_sided_p(d_mem + mem_margin, pooled.var_mem, pooled.df)
     m_val, m_mem = float(d_val.mean()), float(d_mem.mean())
     p = min(1.0, 2.0 * min(p_val, p_mem))
-    return PairedResult(len(seeds), m_val, m_mem, p_val, p_mem, p, mem_margin)
+    return PairedResult(len(seeds), m_val, m_mem, p_val, p_mem, p, mem_margin,
+                        informative=pooled is not None or len(seeds) >= 2)
 
 
 def benjamini_hochberg(pvalues: Mapping[str, float], q: float) -> set[str]:
@@ -175,10 +177,11 @@ class RacePolicy:
     """How many seeds a child gets: `initial` first; while it still looks better and is
     not yet clearly significant, `per_round` more, up to `max_seeds`."""
 
-    initial: int = 2
+    initial: int = 1
     per_round: int = 1
-    max_seeds: int = 5
-    stop_p: float = 0.01
+    max_seeds: int = 4
+    stop_p: float = 0.01  # clearly significant already: no more seeds
+    continue_p: float = 1.0  # futility: stop once p is above this (when p is informative)
 
     def next_count(self, n_done: int, result: PairedResult) -> int:
         """The number of seeds the child should have, given its comparison so far over
@@ -186,6 +189,8 @@ class RacePolicy:
         if n_done < self.initial:
             return self.initial
         if n_done >= self.max_seeds or not result.looks_better() or result.p <= self.stop_p:
+            return n_done
+        if result.informative and result.p > self.continue_p:
             return n_done
         return min(self.max_seeds, n_done + self.per_round)
 

@@ -53,6 +53,7 @@ class ProgramConfig:
     max_seeds: int = 4
     seeds_per_round: int = 1
     race_stop_p: float = 0.01
+    race_continue_p: float = 1.0
     fdr: float = 0.2
     epsilon_scale: float = 1.0
     rescore_every: int = 3
@@ -127,7 +128,8 @@ _SECTIONS: dict[str, dict[str, tuple[str, tuple[type, ...]]]] = {
     "seeds": {
         "root": ("root_seeds", (int,)), "initial": ("initial_seeds", (int,)),
         "max": ("max_seeds", (int,)), "per_round": ("seeds_per_round", (int,)),
-        "race_stop_p": ("race_stop_p", (int, float)), "fdr": ("fdr", (int, float)),
+        "race_stop_p": ("race_stop_p", (int, float)), "race_continue_p": ("race_continue_p", (int, float)),
+        "fdr": ("fdr", (int, float)),
         "epsilon_scale": ("epsilon_scale", (int, float)),
         "rescore_every": ("rescore_every", (int,)), "rescore_seeds": ("rescore_seeds", (int,)),
     },

@@ -88,3 +88,12 @@ def test_the_loop_chooses_seeds_from_disjoint_sequences():
     rescoring = {rescore_seed(g, j, 2) for g in range(30) for j in range(2)}
     assert not racing & rescoring
     assert len(rescoring) == 60
+
+
+def test_race_futility_stops_children_whose_p_is_already_hopeless():
+    race = RacePolicy(initial=1, per_round=1, max_seeds=4, stop_p=0.01, continue_p=0.5)
+    weak = PairedResult(2, -0.001, 0.0, 0.45, 1.0, 0.9)
+    uninformed = PairedResult(1, -0.001, 0.0, 1.0, 1.0, 1.0, informative=False)
+    assert race.next_count(2, weak) == 2  # p 0.9 > 0.5: stop
+    assert race.next_count(1, uninformed) == 2  # one seed, no pooled variance: keep going
+    assert RacePolicy(initial=1, max_seeds=4).next_count(2, weak) == 3  # default: no futility rule

@@ -34,6 +34,8 @@ class Slot:
         if self.device_type == "cuda":
             return {
                 "EVOLVE_DEVICE": "cuda",
+                # NVML numbers GPUs by PCI bus; make CUDA use the same numbering
+                "CUDA_DEVICE_ORDER": "PCI_BUS_ID",
                 "CUDA_VISIBLE_DEVICES": str(self.cuda_index),
                 "EVOLVE_THREADS": str(self.threads),
             }

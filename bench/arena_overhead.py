@@ -201,7 +201,8 @@ def main() -> int:
     for name, value in rows:
         print(f"  {name:<52} {value:7.2f} s")
     print(
-        f"  {'fixed overhead per candidate':<52} {fixed:7.2f} s  = {100 * fixed / 300:.1f}% of a 300 s budget"
+        f"  {'fixed overhead per candidate':<52} {fixed:7.2f} s  "
+        f"= {100 * fixed / 300:.1f}% of a 300 s budget"
     )
     print(
         f"  trusted val_bpb per run: {', '.join(f'{a:.4f}' for a, _ in results)} "

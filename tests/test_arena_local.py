@@ -84,6 +84,7 @@ def test_bad_input_is_a_one_line_error(world, tmp_path):
     assert r.status is Status.GUARD_REFUSED and "unknown commit" in r.message
 
 
+@pytest.mark.slow
 def test_evaluator_entry_point_scores_a_trained_checkpoint(world, tmp_path):
     """`python -m arena.evaluate` on a worktree trained by hand (no arena around it)."""
     repo, data_dir = world

@@ -140,6 +140,9 @@ def run_arena(args: argparse.Namespace) -> int:
 
     src = Path(args.arena)
     children = sorted(src.glob("child_*.py"))
+    if args.only:
+        wanted = set(args.only.split(","))
+        children = [c for c in children if c.stem in wanted]
     if not children:
         print(f"no child_*.py in {src}", file=sys.stderr)
         return 1
@@ -213,6 +216,7 @@ def main() -> int:
     ap.add_argument("--budget", type=float, default=20.0)
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--max-children", type=int, default=10)
+    ap.add_argument("--only", default=None, help="comma-separated child names, e.g. child_00,child_04")
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     return run_arena(args) if args.arena else run_proposals(args)

@@ -276,3 +276,29 @@ def test_a_run_that_comes_back_without_an_outcome_is_redone(tmp_path):
     redone = [e for e in everything if (e.candidate_id, e.seed) == (dropped[0].candidate_id, dropped[0].seed)]
     assert [e.status for e in redone] == ["interrupted", "evaluated"]
     store.close()
+
+
+def test_stopping_criteria_from_program_md(tmp_path):
+    outcome, store, _, _ = _run(tmp_path / "target", ProgramConfig(generations=5, target_val_bpb=2.0))
+    assert outcome.generations == 0 and outcome.stop_reason.startswith("reached target val_bpb 2.0")
+    store.close()
+
+    cfg = ProgramConfig(generations=5, population=2, max_cost_usd=0.002)
+    loop, store, _, arena = simulated_loop(tmp_path / "cost", cfg)
+    loop.proposer = LiteLLMProposer(loop.on_llm_call)  # 0.001 USD a call
+    outcome = loop.run()
+    arena.close()
+    # the ceiling is checked while the generation runs: it stops as soon as it is spent
+    assert outcome.stop_reason == "spent the maximum cost 0.002 USD"
+    assert store.total_cost() >= 0.002
+    assert all(c.generation <= 1 for c in store.candidates())
+    store.close()
+
+    cfg = ProgramConfig(generations=5, population=2, max_hours=1.0)
+    loop, store, _, arena = simulated_loop(tmp_path / "hours", cfg)
+    store.start_session(["test"], {})
+    loop.clock = lambda: store.sessions()[0]["started_at"] + 3601.0  # an hour later
+    outcome = loop.run()
+    arena.close()
+    assert outcome.generations == 0 and outcome.stop_reason == "ran the maximum 1.0 hours"
+    store.close()

@@ -170,8 +170,10 @@ def run_arena(args: argparse.Namespace) -> int:
     results: dict[str, dict[int, float | None]] = {k: {} for k in commits}
     statuses: dict[str, set[str]] = {k: set() for k in commits}
     try:
-        for name, commit in commits.items():
-            for s in seeds:
+        # seed-major order: the runs compared with each other run close together in time,
+        # so a change in machine load hits root and children alike
+        for s in seeds:
+            for name, commit in commits.items():
                 arena.submit(RunRequest(candidate_id=name, commit=commit, seed=s, budget_s=args.budget))
         pending = len(commits) * len(seeds)
         while pending:

@@ -390,7 +390,21 @@ def parse_knob_reply(reply: str) -> tuple[str, dict[str, object]]:
     return hyp, changes
 
 
-def _render_value(knob: Knob, value: object) -> str:
+def _module_names(source: str) -> frozenset[str]:
+    """Names bound at module level (constants, imports, functions, classes)."""
+    names: set[str] = set()
+    for node in ast.parse(source).body:
+        if isinstance(node, (ast.Assign, ast.AnnAssign)):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            names |= {n.id for t in targets for n in ast.walk(t) if isinstance(n, ast.Name)}
+        elif isinstance(node, (ast.Import, ast.ImportFrom)):
+            names |= {(a.asname or a.name).split(".")[0] for a in node.names}
+        elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            names.add(node.name)
+    return frozenset(names)
+
+
+def _render_value(knob: Knob, value: object, known_names: frozenset[str] = frozenset()) -> str:
     """Python source for a JSON value, checked against the knob's kind."""
     if isinstance(value, bool):
         if knob.kind not in ("bool", "expr"):
@@ -428,6 +442,9 @@ def _render_value(knob: Knob, value: object) -> str:
             raise EditError(
                 f"{knob.name} value {value[:60]!r} must be a one-line literal or arithmetic expression"
             )
+        unknown = sorted({n.id for n in ast.walk(tree) if isinstance(n, ast.Name)} - known_names)
+        if unknown:
+            raise EditError(f"{knob.name} value {value[:60]!r} uses undefined name(s) {', '.join(unknown)[:80]}")
         return expr
     raise EditError(f"{knob.name} got a {type(value).__name__}; expected a number, boolean or string")
 
@@ -439,7 +456,10 @@ def apply_knobs(source: str, changes: dict[str, object], knobs: dict[str, Knob] 
     if unknown:
         known = ", ".join(sorted(knobs))
         raise EditError(f"unknown constant(s) {', '.join(map(str, unknown))[:200]}; {TARGET_FILE} defines: {known}")
-    rendered = {name: _render_value(knobs[name], v) for name, v in changes.items()}
+    if len(changes) > MAX_KNOB_CHANGES:
+        raise EditError(f"{len(changes)} constants changed; at most {MAX_KNOB_CHANGES} per proposal (one hypothesis)")
+    names = _module_names(source)
+    rendered = {name: _render_value(knobs[name], v, names) for name, v in changes.items()}
     lines = source.splitlines(keepends=True)
     # apply from the bottom up so earlier spans stay valid
     for name in sorted(rendered, key=lambda n: (knobs[n].lineno, knobs[n].col), reverse=True):

@@ -114,20 +114,21 @@ def test_find_knobs_on_the_template():
     knobs = find_knobs(TEMPLATE)
     assert {"DEPTH", "MODEL_DIM", "LEARNING_RATE", "WARMDOWN_FRAC", "ADAM_BETAS"} <= set(knobs)
     assert "ON_GPU" not in knobs  # computed by a call: not a knob
-    assert knobs["DEPTH"].source == "8 if ON_GPU else 4" and knobs["DEPTH"].kind == "int"
+    assert knobs["MODEL_DIM"].source == "256 if ON_GPU else 128" and knobs["MODEL_DIM"].kind == "int"
     assert knobs["LEARNING_RATE"].kind == "float" and knobs["OPTIMIZER"].kind == "str"
 
 
 def test_apply_knobs_replaces_exact_spans_and_keeps_comments():
-    child = apply_knobs(TEMPLATE, {"DEPTH": 6, "LEARNING_RATE": 0.002, "ADAM_BETAS": [0.9, 0.99], "OPTIMIZER": "muon"})
-    assert "DEPTH = 6  # transformer blocks\n" in child
-    assert "LEARNING_RATE = 0.002  # AdamW peak learning rate\n" in child
+    child = apply_knobs(TEMPLATE, {"MODEL_DIM": 192, "ADAM_BETAS": [0.9, 0.99], "OPTIMIZER": "adamw"})
+    assert "MODEL_DIM = 192  # residual stream width\n" in child
     assert "ADAM_BETAS = (0.9, 0.99)\n" in child
-    assert "OPTIMIZER = 'muon'  # " in child
+    assert "OPTIMIZER = 'adamw'  # " in child
     validate_train_py(TEMPLATE, child)
-    # only those four lines changed
+    # only those three lines changed
     changed = [a for a, b in zip(TEMPLATE.splitlines(), child.splitlines()) if a != b]
-    assert len(changed) == 4 and len(child.splitlines()) == len(TEMPLATE.splitlines())
+    assert len(changed) == 3 and len(child.splitlines()) == len(TEMPLATE.splitlines())
+    with pytest.raises(EditError, match="at most 3"):
+        apply_knobs(TEMPLATE, {"MODEL_DIM": 192, "GRAD_CLIP": 0.5, "WARMUP_FRAC": 0.1, "DEPTH": 6})
 
 
 def test_apply_knobs_accepts_an_expression_string_and_multiline_values(tmp_path):
@@ -146,6 +147,7 @@ def test_apply_knobs_accepts_an_expression_string_and_multiline_values(tmp_path)
         ({"DEPTH": 2.5}, "integer"),
         ({"DEPTH": "__import__('os')"}, "literal or arithmetic"),
         ({"DEPTH": "1 +"}, "not a Python expression"),
+        ({"N_HEADS": "deep"}, "undefined name"),
         ({"OPTIMIZER": 3}, "str, got a number"),
         ({"LEARNING_RATE": {"a": 1}}, "expected a number"),
         ({"LEARNING_RATE": 1e300}, "out of range"),

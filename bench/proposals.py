@@ -58,8 +58,10 @@ def run_proposals(args: argparse.Namespace) -> int:
     personas = ["optimizer-tuner", "architect", "bug-hunter"]
     rows = []
     if args.out:
+        Path(args.out).mkdir(parents=True, exist_ok=True)
         for stale in Path(args.out).glob("child_*.py"):  # from an earlier run
             stale.unlink()
+        (Path(args.out) / "parent.py").write_text(template)  # the arena stage's root
     t_start = time.monotonic()
     with EmbeddedModel(args.model, n_threads=args.threads) as m:
         startup = time.monotonic() - t_start
@@ -150,7 +152,9 @@ def run_arena(args: argparse.Namespace) -> int:
 
     data_dir = Path(os.environ["EVOLVE_DATA"]) if os.environ.get("EVOLVE_DATA") else prepare.default_data_dir()
     run_dir = Path(tempfile.mkdtemp(prefix="bench-proposals-"))
-    template = (ROOT / "train_template.py").read_text()
+    # the root is the file the children were proposed from (saved by the first stage)
+    parent = src / "parent.py"
+    template = parent.read_text() if parent.exists() else (ROOT / "train_template.py").read_text()
     repo = ExperimentRepo.create(run_dir / "run", template, (ROOT / "prepare.py").read_text(), "# bench\n")
     commits = {"root": repo.root_commit}
     seen: dict[str, str] = {}

@@ -17,7 +17,8 @@ from population.bandit import PersonaStats, choice_probabilities
 from population.store import Store
 
 
-def _alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether the process that wrote a run row still runs (the writer of a live store)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -42,7 +43,7 @@ def status_text(store: Store) -> str:
         if last["ended_at"] is not None:
             state = f"stopped ({last['outcome']})"
         else:
-            state = "running" if _alive(last["pid"]) else "killed (continue with evolve --resume)"
+            state = "running" if pid_alive(last["pid"]) else "killed (continue with evolve --resume)"
         lines.append(f"session {last['id']} (pid {last['pid']}): {state}")
     lines.append(f"generations finished: {len(gens) - 1 if gens else 0} "
                  f"(archive version {gens[-1].generation if gens else '-'})")

@@ -27,6 +27,7 @@ from pathlib import Path
 
 from population.archive import ParetoArchive, Point
 from population.noise import NoiseFloor, noise_floor
+from population.report import pid_alive
 from population.store import Evaluation, Store, StoreError, store_path
 
 log = logging.getLogger(__name__)
@@ -304,19 +305,9 @@ def _session_state(sessions: list[dict]) -> tuple[str, bool]:
     last = sessions[-1]
     if last["ended_at"] is not None:
         return f"stopped ({last['outcome'] or 'ended'})", False
-    if _pid_alive(int(last["pid"])):
+    if pid_alive(int(last["pid"])):
         return f"running (pid {last['pid']})", True
     return "killed (continue with evolve --resume)", False
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def format_duration(seconds: float) -> str:

@@ -1,7 +1,7 @@
 """`evolve`: the command line, a thin shell over the population library.
 
     evolve --generations N [--budget S] [--population P] [--run-dir DIR] [--resume]
-           [--devices ...] [--model ...] [--simulate]
+           [--devices ...] [--model ...] [--ray [ADDRESS]] [--simulate]
     evolve status | report | tui [--run-dir DIR]
     evolve export --best|--candidate ID --format series|patch|file [--out PATH] [--run-dir DIR]
     evolve prepare [prepare.py's options]
@@ -76,6 +76,9 @@ def _add_run_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--resume", action="store_true", help="continue the run in --run-dir from its store")
     p.add_argument("--devices", help='device slots: GPU indices "0,1", "cpu" or "cpu:N"')
     p.add_argument("--model", help="litellm model for every persona (default: program.md, else the embedded model)")
+    p.add_argument("--ray", nargs="?", const="local", metavar="ADDRESS",
+                   help='run candidates as Ray tasks: on a cluster started here ("local", the default) '
+                        "or on the cluster at ADDRESS")
     p.add_argument("--program", type=Path, help="program.md for a new run (default ./program.md)")
     p.add_argument("--data-dir", type=Path, help="prepared data (default EVOLVE_DATA or prepare.py's default)")
     p.add_argument("--seed", type=int, help="run seed (parent and persona draws)")
@@ -230,9 +233,30 @@ def _real_arena(args: argparse.Namespace, cfg: ProgramConfig, repo: Any) -> tupl
 
     data_dir, slots = _real_slots(args, cfg)
     try:
+        if args.ray:
+            return _ray_arena(args.ray, repo, data_dir, slots)
         return LocalArena(repo, data_dir, slots), len(slots)
     except ValueError as exc:
         raise CLIError(str(exc)) from None
+
+
+def _ray_arena(address: str, repo: Any, data_dir: Path, slots: list[Any]) -> tuple[Any, int]:
+    """Candidates as Ray tasks. "local" starts a cluster on this machine over the local
+    slots; an address joins a running cluster, whose GPUs become the slots (the run
+    directory and the data cache must then be on paths every node shares)."""
+    try:
+        import ray
+
+        from arena.ray_backend import RayArena
+    except ImportError:
+        raise CLIError("--ray needs Ray: pip install -e '.[ray]'") from None
+    if address == "local":
+        ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
+        arena = RayArena(repo, data_dir, slots)
+    else:
+        ray.init(address=address, log_to_driver=False)
+        arena = RayArena(repo, data_dir, None)
+    return arena, len(arena.slots)
 
 
 def _real_personas(cfg: ProgramConfig) -> dict[str, Any]:

@@ -36,7 +36,8 @@ def reply(request: dict) -> str:
 
 
 @pytest.mark.slow
-def test_evolve_runs_a_real_generation_end_to_end(tmp_path):
+@pytest.mark.parametrize("executor", [[], ["--ray"]], ids=["local", "ray"])
+def test_evolve_runs_a_real_generation_end_to_end(tmp_path, executor):
     corpus = tmp_path / "corpus"
     corpus.mkdir()
     for i in range(12):
@@ -57,7 +58,7 @@ def test_evolve_runs_a_real_generation_end_to_end(tmp_path):
         env = dict(os.environ, EVOLVE_DATA=str(data), OPENAI_API_KEY="not-needed-locally")
         proc = subprocess.run(
             [sys.executable, "-m", "population.cli", "--program", str(program),
-             "--run-dir", str(tmp_path / "run"), "--devices", "cpu"],
+             "--run-dir", str(tmp_path / "run"), "--devices", "cpu", *executor],
             cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,
         )
         assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]

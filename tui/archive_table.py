@@ -11,8 +11,7 @@ from __future__ import annotations
 
 import math
 
-from textual.widgets import DataTable
-
+from tui.row_table import RowTable
 from tui.snapshot import ArchiveRow
 
 COLUMNS = (("id", "id"), ("val_bpb", "val_bpb ± sd (seeds)"), ("mem", "peak MB"),
@@ -34,36 +33,13 @@ def archive_cells(row: ArchiveRow) -> tuple[str, ...]:
             row.persona, row.hypothesis.splitlines()[0][:60] if row.hypothesis else "")
 
 
-class ArchiveTable(DataTable):
+class ArchiveTable(RowTable):
     """The epsilon-non-dominated set, lowest val_bpb first."""
 
-    def __init__(self, **kwargs) -> None:
-        super().__init__(cursor_type="row", **kwargs)
-        self._shown: tuple = ()
-
-    def on_mount(self) -> None:
-        for key, label in COLUMNS:
-            self.add_column(label, key=key)
-        self.border_title = "Pareto archive"
-
-    @property
-    def selected_id(self) -> str | None:
-        if self.row_count == 0:
-            return None
-        key = self.coordinate_to_cell_key(self.cursor_coordinate).row_key
-        return None if key.value is None else str(key.value)
+    COLUMNS = COLUMNS
+    TITLE = "Pareto archive"
 
     def show(self, rows: tuple[ArchiveRow, ...], version: int) -> None:
         self.border_subtitle = "not formed yet" if version < 0 else f"version {version}, {len(rows)} members"
         cells = tuple(archive_cells(r) for r in rows)
-        if cells == self._shown:
-            return
-        self._shown = cells
-        keep = self.selected_id
-        # rebuilding moves the cursor, but the selection stays: no RowHighlighted for it
-        with self.prevent(DataTable.RowHighlighted):
-            self.clear()
-            for row, c in zip(rows, cells):
-                self.add_row(*c, key=row.candidate_id)
-            if keep is not None and keep in {r.candidate_id for r in rows}:
-                self.move_cursor(row=self.get_row_index(keep), scroll=False)
+        self.replace_rows([r.candidate_id for r in rows], cells, cells)

@@ -13,9 +13,9 @@ from typing import ClassVar
 
 from rich.text import Text
 from textual.binding import Binding, BindingType
-from textual.widgets import DataTable
 
 from tui.header import STATUS_STYLES
+from tui.row_table import RowTable
 from tui.snapshot import CandidateRow
 
 COLUMNS = (("id", "id"), ("gen", "gen"), ("persona", "persona"), ("status", "status"),
@@ -51,17 +51,18 @@ def row_cells(row: CandidateRow) -> tuple:
             score_cell(row), mem, row.hypothesis.splitlines()[0][:80] if row.hypothesis else "")
 
 
-class PopulationTable(DataTable):
+class PopulationTable(RowTable):
     """Every candidate, oldest first."""
 
+    COLUMNS = COLUMNS
+    TITLE = "population"
     BINDINGS: ClassVar[list[BindingType]] = [
         Binding("enter", "select_cursor", "details"),
         Binding("s", "cycle_order", "sort"),
     ]
 
     def __init__(self, **kwargs) -> None:
-        super().__init__(cursor_type="row", zebra_stripes=True, **kwargs)
-        self._shown: tuple = ()
+        super().__init__(zebra_stripes=True, **kwargs)
         self._rows: tuple[CandidateRow, ...] = ()
         self.order = ORDERS[0]
 
@@ -69,32 +70,9 @@ class PopulationTable(DataTable):
         self.order = ORDERS[(ORDERS.index(self.order) + 1) % len(ORDERS)]
         self.show(self._rows)
 
-    def on_mount(self) -> None:
-        for key, label in COLUMNS:
-            self.add_column(label, key=key)
-        self.border_title = "population"
-
-    @property
-    def selected_id(self) -> str | None:
-        if self.row_count == 0:
-            return None
-        key = self.coordinate_to_cell_key(self.cursor_coordinate).row_key
-        return None if key.value is None else str(key.value)
-
     def show(self, rows: tuple[CandidateRow, ...]) -> None:
         self._rows = rows
         rows = sort_rows(rows, self.order)
         cells = tuple(row_cells(r) for r in rows)
-        plain = tuple(tuple(str(c) for c in row) for row in cells)
         self.border_subtitle = f"{len(rows)} candidates, {self.order} (s: sort)"
-        if plain == self._shown:
-            return
-        self._shown = plain
-        keep = self.selected_id
-        # rebuilding moves the cursor, but the selection stays: no RowHighlighted for it
-        with self.prevent(DataTable.RowHighlighted):
-            self.clear()
-            for row, c in zip(rows, cells):
-                self.add_row(*c, key=row.id)
-            if keep is not None and keep in {r.id for r in rows}:
-                self.move_cursor(row=self.get_row_index(keep), scroll=False)
+        self.replace_rows([r.id for r in rows], cells, tuple(tuple(str(c) for c in row) for row in cells))

@@ -52,7 +52,7 @@ DROPOUT = 0.1
 
 
 def build_model(**kwargs):
-    raise NotImplementedError("simulated train.py: no model")
+    raise RuntimeError("simulated train.py: there is no model to build; population.simulated scores the constants")
 
 
 if __name__ == "__main__":

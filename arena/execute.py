@@ -7,10 +7,9 @@ Flow: a backend (`arena.local.LocalArena`, `arena.ray_backend.RayArena`) takes a
 3. trains and evaluates it (`arena.runner.run_candidate`);
 4. removes the worktree and the checkpoint (the commit stays), and writes the
    measured metrics as a git note on the commit;
-and returns a `RunResult`. Faults of the arena itself (not the candidate's) become a
-`crashed` result whose message starts with "arena error", so a candidate never
-silently disappears; a cancelled run gives status `proposed` ("cancelled", not
-measured, may run again).
+and returns a `RunResult`. Faults of the arena itself (not the candidate's) give
+outcome ARENA_ERROR, a cancelled run outcome CANCELLED (`arena.records.RunOutcome`):
+neither is a verdict on the candidate, and a candidate never silently disappears.
 
 What it does not do: queue, choose slots, or decide what the numbers mean.
 """
@@ -27,7 +26,7 @@ from pathlib import Path
 
 from arena.devices import Slot
 from arena.guards import check_safety
-from arena.records import RunRequest, RunResult, Status
+from arena.records import RunOutcome, RunRequest, RunResult, Status, unmeasured
 from arena.repo import ExperimentRepo
 from arena.runner import RunHandle, run_candidate
 from arena.sandbox import Sandbox
@@ -112,14 +111,16 @@ def execute_run(
             term_grace_s=config.term_grace_s,
             handle=handle,
         )
-    except Exception as exc:  # the arena's own failure: a final, explained failure
+    except Exception as exc:  # the arena's own failure: explained, redone, not counted
         log.exception("run %s failed inside the arena", name)
-        return RunResult(
-            status=Status.CRASHED,
-            message=f"arena error (not the candidate's fault; not measured): {exc}",
+        return unmeasured(
+            request,
+            RunOutcome.ARENA_ERROR,
+            f"arena error (not the candidate's fault; not measured): {exc}",
             log_path=str(log_path),
             wall_seconds=time.monotonic() - t0,
-            **base,
+            device_type=slot.device_type,
+            device_name=slot.device_name,
         )
     finally:
         if worktree is not None:
@@ -127,7 +128,10 @@ def execute_run(
         if not config.keep_outputs:
             shutil.rmtree(out_dir, ignore_errors=True)
     claimed = dict(outcome.claimed or {})
+    # run_candidate gives status PROPOSED exactly when the arena cancelled the run
+    cancelled = outcome.status is Status.PROPOSED
     result = RunResult(
+        outcome=RunOutcome.CANCELLED if cancelled else RunOutcome.FINISHED,
         status=outcome.status,
         message=outcome.message,
         val_bpb=outcome.val_bpb,
@@ -139,7 +143,7 @@ def execute_run(
         claimed=claimed,
         **base,
     )
-    if config.annotate and result.status is not Status.PROPOSED:
+    if config.annotate and result.outcome is RunOutcome.FINISHED:
         try:
             repo.annotate(request.commit, note_text(result))
         except Exception as exc:  # a failed note loses no result; say so

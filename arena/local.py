@@ -1,13 +1,10 @@
 """LocalArena: run candidates on this machine's device slots, several at once.
 
-Flow: the population loop calls `submit(RunRequest)` for each (candidate, seed) it
-wants measured and `poll(timeout)` for the results as they finish; `cancel` stops a
-candidate's queued and running runs; `free_slots` says how many more submissions
-would start at once. A dispatcher thread hands queued requests to free slots (one
-run per slot at a time); each run is managed by its own thread, which supervises
-subprocesses (`arena.execute.execute_run`). Results come back in finishing order.
+Implements `arena.protocol.Arena` (the contract: submit, poll, cancel, free_slots,
+busy, close). A dispatcher thread hands queued requests to free slots (one run per
+slot at a time); each run is managed by its own thread, which supervises subprocesses
+(`arena.execute.execute_run`). Results come back in finishing order.
 
-Thread safety: every public method may be called from any thread.
 What it does not do: decide what to run or how to compare results.
 """
 
@@ -20,10 +17,12 @@ import shutil
 import tempfile
 import threading
 from pathlib import Path
+from typing import Self
 
 from arena.devices import Slot, detect_slots
 from arena.execute import ArenaConfig, execute_run
-from arena.records import RunRequest, RunResult, Status
+from arena.protocol import ArenaClosed
+from arena.records import RunOutcome, RunRequest, RunResult, unmeasured
 from arena.repo import ExperimentRepo
 from arena.runner import RunHandle
 from arena.sandbox import default_mem_limit_mb
@@ -101,7 +100,7 @@ class LocalArena:
             raise ValueError(f"budget_s must be positive, got {request.budget_s}")
         with self._cond:
             if self._closed:
-                raise RuntimeError("the arena is closed")
+                raise ArenaClosed("the arena is closed; make a new one to run more")
             self._queue.append(request)
             self._cond.notify_all()
 
@@ -120,9 +119,11 @@ class LocalArena:
 
     def cancel(self, candidate_id: str) -> int:
         """Cancel every queued and running run of `candidate_id`; each still gives a
-        result (status `proposed`, "cancelled"). Returns how many were cancelled."""
+        CANCELLED result. Returns how many were cancelled."""
         n = 0
         with self._cond:
+            if self._closed:
+                return 0
             keep: collections.deque[RunRequest] = collections.deque()
             for req in self._queue:
                 if req.candidate_id == candidate_id:
@@ -139,7 +140,7 @@ class LocalArena:
 
     def free_slots(self) -> int:
         with self._cond:
-            return max(0, len(self._free) - len(self._queue))
+            return 0 if self._closed else max(0, len(self._free) - len(self._queue))
 
     def busy(self) -> int:
         """Runs queued or in progress."""
@@ -165,7 +166,7 @@ class LocalArena:
         self._dispatcher.join()
         shutil.rmtree(self._prepare.parent, ignore_errors=True)
 
-    def __enter__(self) -> "LocalArena":
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -175,13 +176,7 @@ class LocalArena:
 
     @staticmethod
     def _cancelled(req: RunRequest) -> RunResult:
-        return RunResult(
-            candidate_id=req.candidate_id,
-            commit=req.commit,
-            seed=req.seed,
-            status=Status.PROPOSED,
-            message="cancelled before it ran; not measured",
-        )
+        return unmeasured(req, RunOutcome.CANCELLED, "cancelled before it ran; not measured")
 
     def _dispatch(self) -> None:
         while True:
@@ -218,12 +213,10 @@ class LocalArena:
             )
         except Exception as exc:  # never lose a candidate
             log.exception("run of %s failed", req.candidate_id)
-            result = RunResult(
-                candidate_id=req.candidate_id,
-                commit=req.commit,
-                seed=req.seed,
-                status=Status.CRASHED,
-                message=f"arena error (not the candidate's fault; not measured): {exc}",
+            result = unmeasured(
+                req,
+                RunOutcome.ARENA_ERROR,
+                f"arena error (not the candidate's fault; not measured): {exc}",
                 device_type=slot.device_type,
                 device_name=slot.device_name,
             )

@@ -1,15 +1,36 @@
 """Records shared by the arena and the population loop.
 
 The population loop hands the arena a `RunRequest` (a candidate commit and a seed) and
-gets a `RunResult` back; `Status` names every state a candidate can be in, with the
-allowed transitions written down once, here. The arena never decides whether a
-candidate is better than another: that is the population's job.
+gets a `RunResult` back. `RunOutcome` says how the run ended (finished, cancelled, or
+failed in the arena itself); only a finished run's `status` is a verdict on the
+candidate. `Status` names every state a candidate can be in, with the allowed
+transitions written down once, here. The arena never decides whether a candidate is
+better than another: that is the population's job.
 """
 
 from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
+
+
+class RunOutcome(str, enum.Enum):
+    """How one run ended, as the arena saw it (never a candidate status).
+
+    FINISHED: the run ended; `RunResult.status` is the candidate's final status for
+    this run (evaluated, or a candidate failure such as crashed or timeout).
+    CANCELLED: stopped by `Arena.cancel` or `Arena.close` before it had a verdict.
+    ARENA_ERROR: the arena itself failed (a git error, a lost Ray node, an evaluator
+    fault), not the candidate; never counted against it.
+    A CANCELLED or ARENA_ERROR run measured nothing: the loop runs it again."""
+
+    FINISHED = "finished"
+    CANCELLED = "cancelled"
+    ARENA_ERROR = "arena_error"
+
+    def is_redo(self) -> bool:
+        """The run has no verdict and should be run again."""
+        return self is not RunOutcome.FINISHED
 
 
 class Status(str, enum.Enum):
@@ -102,7 +123,11 @@ class RunRequest:
 class RunResult:
     """What the arena measured. `val_bpb`, `test_bpb` and `peak_mem_mb` come from the
     trusted evaluator and from outside the process; `claimed` holds what the candidate
-    printed or wrote itself, kept for the record and never used for selection."""
+    printed or wrote itself, kept for the record and never used for selection.
+
+    Read `outcome` first: `status` is a verdict only when the outcome is FINISHED; a
+    CANCELLED or ARENA_ERROR result carries `Status.PROPOSED` (the candidate goes back
+    to be run) and says why in `message`."""
 
     candidate_id: str
     commit: str
@@ -118,3 +143,21 @@ class RunResult:
     device_name: str = ""
     log_path: str = ""
     claimed: dict = field(default_factory=dict)
+    outcome: RunOutcome = RunOutcome.FINISHED
+
+
+def unmeasured(
+    request: RunRequest, outcome: RunOutcome, message: str, **fields: object
+) -> RunResult:
+    """The result of a run that has no verdict: cancelled, or failed in the arena."""
+    if outcome is RunOutcome.FINISHED:
+        raise ValueError("a finished run has a verdict; build its RunResult directly")
+    return RunResult(
+        candidate_id=request.candidate_id,
+        commit=request.commit,
+        seed=request.seed,
+        status=Status.PROPOSED,
+        message=message,
+        outcome=outcome,
+        **fields,  # type: ignore[arg-type]
+    )

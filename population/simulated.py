@@ -1,7 +1,7 @@
 """A simulated arena and a deterministic proposer: the population loop without training.
 
-Flow: `SimulatedArena` has the methods of `arena.LocalArena` (submit, poll, cancel,
-free_slots, close). For each `RunRequest` it reads `train.py` at the request's commit from
+Flow: `SimulatedArena` implements `arena.protocol.Arena` (submit, poll, cancel,
+free_slots, busy, close). For each `RunRequest` it reads `train.py` at the request's commit from
 the run's git repository, parses the module-level knob constants, and reports a noisy
 val_bpb and peak memory from a synthetic landscape (`Landscape`) after an optional
 simulated run time. `KnobProposer` implements the `agents.proposal.Proposer` protocol by
@@ -20,6 +20,7 @@ synthetic and say nothing about a real train.py.
 from __future__ import annotations
 
 import ast
+import collections
 import hashlib
 import heapq
 import itertools
@@ -27,12 +28,14 @@ import logging
 import math
 import random
 import re
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from agents.proposal import InvalidEdit, Proposal, ProposalContext
-from arena.records import RunRequest, RunResult, Status
+from arena.protocol import ArenaClosed
+from arena.records import RunOutcome, RunRequest, RunResult, Status, unmeasured
 
 log = logging.getLogger(__name__)
 
@@ -150,14 +153,6 @@ class Landscape:
         return None
 
 
-class ArenaClosed(Exception):
-    """The arena was closed."""
-
-
-class ArenaFull(Exception):
-    """submit() with no free slot."""
-
-
 @dataclass(order=True)
 class _Pending:
     ready_at: float
@@ -166,10 +161,11 @@ class _Pending:
 
 
 class SimulatedArena:
-    """Same methods as `arena.LocalArena`; scores train.py knobs on a `Landscape`.
+    """An `arena.protocol.Arena` that scores train.py knobs on a `Landscape`.
 
     `read_train_py(commit)` fetches the candidate's file (from the run's git repository);
-    `run_seconds` is how long a simulated run occupies its slot."""
+    `run_seconds` is how long a simulated run occupies its slot. Runs beyond the free
+    slots queue and start when a slot frees (at the time the slot freed)."""
 
     def __init__(self, read_train_py: Callable[[str], str], slots: int = 2,
                  landscape: Landscape | None = None, run_seconds: float = 0.0,
@@ -182,25 +178,40 @@ class SimulatedArena:
         self.run_seconds = run_seconds
         self.device_type = device_type
         self.device_name = device_name
-        self._pending: list[_Pending] = []
+        self._lock = threading.Lock()
+        self._pending: list[_Pending] = []  # running, by finishing time
+        self._queued: collections.deque[RunResult] = collections.deque()
+        self._done: list[RunResult] = []  # cancelled, waiting for poll
         self._order = itertools.count()
         self._closed = False
         self._files: dict[str, str] = {}
         self.submitted = 0
 
     def free_slots(self) -> int:
-        return 0 if self._closed else self.slots - len(self._pending)
+        with self._lock:
+            return 0 if self._closed else max(0, self.slots - len(self._pending) - len(self._queued))
+
+    def busy(self) -> int:
+        with self._lock:
+            return len(self._pending) + len(self._queued)
 
     def submit(self, req: RunRequest) -> None:
-        if self._closed:
-            raise ArenaClosed("the simulated arena is closed")
-        if self.free_slots() <= 0:
-            raise ArenaFull(f"no free slot for {req.candidate_id} seed {req.seed}")
+        if req.budget_s <= 0:
+            raise ValueError(f"budget_s must be positive, got {req.budget_s}")
         if req.commit not in self._files:
             self._files[req.commit] = self.read_train_py(req.commit)
         result = self._score(req, self._files[req.commit])
-        self.submitted += 1
-        heapq.heappush(self._pending, _Pending(time.monotonic() + self.run_seconds, next(self._order), result))
+        with self._lock:
+            if self._closed:
+                raise ArenaClosed("the simulated arena is closed")
+            self.submitted += 1
+            if len(self._pending) < self.slots:
+                self._start(time.monotonic(), result)
+            else:
+                self._queued.append(result)
+
+    def _start(self, at: float, result: RunResult) -> None:
+        heapq.heappush(self._pending, _Pending(at + self.run_seconds, next(self._order), result))
 
     def _score(self, req: RunRequest, train_py: str) -> RunResult:
         base = {"candidate_id": req.candidate_id, "commit": req.commit, "seed": req.seed,
@@ -219,29 +230,52 @@ class SimulatedArena:
             claimed={"val_bpb": val}, **base,
         )
 
-    def poll(self, timeout: float = 0.0) -> list[RunResult]:
-        if self._closed:
-            return []
-        now = time.monotonic()
-        if self._pending and self._pending[0].ready_at > now and timeout > 0:
-            time.sleep(min(timeout, self._pending[0].ready_at - now))
-        elif not self._pending and timeout > 0:
-            time.sleep(timeout)
-        now = time.monotonic()
-        out = []
-        while self._pending and self._pending[0].ready_at <= now:
-            out.append(heapq.heappop(self._pending).result)
-        return out
+    def poll(self, timeout: float | None = 0.0) -> list[RunResult]:
+        with self._lock:
+            wait = 0.0 if self._done else (timeout if timeout is not None else 3600.0)
+            if self._pending:
+                wait = min(wait, max(0.0, self._pending[0].ready_at - time.monotonic()))
+        if wait > 0:
+            time.sleep(wait)
+        with self._lock:
+            now = time.monotonic()
+            out, self._done = self._done, []
+            while self._pending and self._pending[0].ready_at <= now:
+                p = heapq.heappop(self._pending)
+                out.append(p.result)
+                if self._queued:  # the freed slot takes the next queued run at once
+                    self._start(p.ready_at, self._queued.popleft())
+            return out
 
     def cancel(self, candidate_id: str) -> int:
-        before = len(self._pending)
-        self._pending = [p for p in self._pending if p.result.candidate_id != candidate_id]
-        heapq.heapify(self._pending)
-        return before - len(self._pending)
+        with self._lock:
+            if self._closed:
+                return 0
+            hit = [p.result for p in self._pending if p.result.candidate_id == candidate_id]
+            hit += [r for r in self._queued if r.candidate_id == candidate_id]
+            self._pending = [p for p in self._pending if p.result.candidate_id != candidate_id]
+            heapq.heapify(self._pending)
+            self._queued = collections.deque(r for r in self._queued if r.candidate_id != candidate_id)
+            self._done += [_cancelled(r) for r in hit]
+            while self._queued and len(self._pending) < self.slots:
+                self._start(time.monotonic(), self._queued.popleft())
+            return len(hit)
 
     def close(self) -> None:
-        self._pending.clear()
-        self._closed = True
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            self._done += [_cancelled(p.result) for p in sorted(self._pending)]
+            self._done += [_cancelled(r) for r in self._queued]
+            self._pending.clear()
+            self._queued.clear()
+
+
+def _cancelled(r: RunResult) -> RunResult:
+    req = RunRequest(r.candidate_id, r.commit, r.seed, 1.0)
+    return unmeasured(req, RunOutcome.CANCELLED, "cancelled by the simulated arena; not measured",
+                      device_type=r.device_type, device_name=r.device_name)
 
 
 PERSONA_STEP = {"explorer": 1.0, "tuner": 0.35}

@@ -29,13 +29,14 @@ import subprocess
 import sys
 import tempfile
 import threading
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from arena.devices import Slot
 from arena.guards import scrub_env
 from arena.records import Status
 from arena.sandbox import Sandbox
+from arena.supervise import SupervisorResult
 
 log = logging.getLogger(__name__)
 
@@ -168,6 +169,22 @@ def supervised(
         finally:
             if handle is not None:
                 handle.attach(None)
+        if not result_path.exists() and handle is not None and handle.cancelled:
+            # cancelled so early that SIGTERM ended the supervisor before it set its
+            # handler (so before it started the command): a cancelled run, nothing to kill
+            return asdict(
+                SupervisorResult(
+                    returncode=None,
+                    timed_out=False,
+                    mem_killed=False,
+                    cancelled=True,
+                    wall_s=0.0,
+                    peak_rss_mb=0.0,
+                    tree_peak_mb=0.0,
+                    gpu_peak_mb=0.0,
+                    leftovers_killed=0,
+                )
+            )
         if not result_path.exists():
             raise RuntimeError(
                 f"supervisor exited {proc.returncode} without a report: "

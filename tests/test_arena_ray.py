@@ -1,50 +1,106 @@
-"""The Ray backend on a local two-CPU Ray cluster: same API, same results as local."""
+"""The Ray backend on two Ray nodes of this machine that share no working directory.
 
+The head node has no CPUs for tasks, so every run goes to a worker node; each node
+works under its own directory (`EVOLVE_NODE_DIR/evolve-ray/<node id>`), and the tasks
+get no path of the head's: the commit, the harness and the data travel through Ray.
+The protocol itself (cancel, close, queueing) is tested on Ray by
+tests/test_arena_conformance.py.
+"""
+
+import os
 import time
+from pathlib import Path
 
 import pytest
-
-from arena.devices import detect_slots
-from arena.records import RunRequest, Status
 from arena_helpers import TINY_TRAIN, build_cache, make_repo, survivors
 
+from arena.devices import detect_slots
+from arena.records import RunOutcome, RunRequest, Status
+
 ray = pytest.importorskip("ray")
+SLEEPER = "import time\nwhile True:\n    time.sleep(1)\n"
+
+
+def collect(arena, n, timeout):
+    got, deadline = [], time.monotonic() + timeout
+    while len(got) < n and time.monotonic() < deadline:
+        got += arena.poll(1.0)
+    assert len(got) == n, f"only {len(got)} of {n} results in {timeout} s"
+    return got
+
+
+def wait_for(predicate, timeout, what):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = predicate()
+        if found:
+            return found
+        time.sleep(0.3)
+    raise AssertionError(f"no {what} within {timeout} s")
+
+
+def worktrees(node_root: Path, node_id: str) -> list[Path]:
+    return list((node_root / "evolve-ray" / node_id[:16]).glob("runs/*/run/worktrees/*"))
 
 
 @pytest.mark.slow
-def test_ray_arena_runs_candidates_as_tasks(tmp_path):
+def test_two_nodes_without_shared_paths_run_cancel_and_survive_a_lost_node(
+    tmp_path, monkeypatch
+):
+    from ray.cluster_utils import Cluster
+
     from arena.ray_backend import RayArena
 
     data_dir = build_cache(tmp_path / "data")
     repo = make_repo(tmp_path / "run")
     a = repo.commit_candidate(repo.root_commit, TINY_TRAIN.replace("DIM = 32", "DIM = 24"), "a")
-    sleeper = repo.commit_candidate(repo.root_commit, "import time\ntime.sleep(600)\n", "sleeper")
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    sleeper = repo.commit_candidate(repo.root_commit, SLEEPER, "sleeper")
+    node_root = tmp_path / "nodes"
+    monkeypatch.setenv("EVOLVE_NODE_DIR", str(node_root))  # inherited by the nodes' workers
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0})
     try:
+        node_b = cluster.add_node(num_cpus=2)
+        ray.init(address=cluster.address, log_to_driver=False)
         arena = RayArena(repo, data_dir, detect_slots("cpu:2"), mem_limit_mb=3000)
-        assert arena.free_slots() == 2
         arena.submit(RunRequest("root", repo.root_commit, 0, 2.0))
         arena.submit(RunRequest("a", a, 0, 2.0))
-        assert arena.free_slots() == 0
-        got, deadline = {}, time.monotonic() + 240
-        while len(got) < 2 and time.monotonic() < deadline:
-            got.update({r.candidate_id: r for r in arena.poll(1.0)})
-        assert got["root"].status is Status.EVALUATED, got["root"].message
-        assert got["a"].status is Status.EVALUATED, got["a"].message
-        assert got["root"].val_bpb != got["a"].val_bpb and got["a"].device_type == "cpu"
+        got = {r.candidate_id: r for r in collect(arena, 2, 240)}
+        for r in got.values():
+            assert r.outcome is RunOutcome.FINISHED and r.status is Status.EVALUATED, r.message
+            # the log came back to the head, the git note is on the head's repo
+            assert Path(r.log_path).parent == repo.run_dir / "logs"
+            assert "# arena: train.py" in Path(r.log_path).read_text()
+            assert "evaluated" in repo.note(r.commit)
+        assert got["root"].val_bpb != got["a"].val_bpb
+        # the runs happened on node B, in its own directory: nothing under the head's run dir
+        assert not (repo.run_dir / "worktrees").exists() and not (repo.run_dir / "out").exists()
+        assert (node_root / "evolve-ray" / node_b.node_id[:16] / "data").is_dir()
+
         arena.submit(RunRequest("sleeper", sleeper, 0, 60.0))
-        time.sleep(8)  # let the task start its candidate
+        wait_for(lambda: worktrees(node_root, node_b.node_id), 60, "worktree on node B")
         assert arena.cancel("sleeper") == 1
-        results, deadline = [], time.monotonic() + 60
-        while not results and time.monotonic() < deadline:
-            results = arena.poll(1.0)
-        [r] = results
-        assert r.status is Status.PROPOSED and "cancelled" in r.message
+        [r] = collect(arena, 1, 30)
+        assert r.outcome is RunOutcome.CANCELLED and r.status is Status.PROPOSED
+        assert worktrees(node_root, node_b.node_id) == []
+        assert survivors(node_root) == []
+
+        # a node that dies mid-run: the run comes back as an arena error, to be redone
+        arena.submit(RunRequest("sleeper", sleeper, 1, 60.0))
+        wait_for(lambda: worktrees(node_root, node_b.node_id), 60, "second worktree on node B")
+        cluster.remove_node(node_b, allow_graceful=False)
+        [r] = collect(arena, 1, 120)
+        assert r.outcome is RunOutcome.ARENA_ERROR and r.outcome.is_redo(), r.message
+        wait_for(lambda: not survivors(node_root), 30, "end of the lost node's candidate")
+
+        node_c = cluster.add_node(num_cpus=2)  # a fresh node gets its own copy of the data
+        arena.submit(RunRequest("root", repo.root_commit, 1, 2.0))
+        [r] = collect(arena, 1, 240)
+        assert r.status is Status.EVALUATED, r.message
+        assert (node_root / "evolve-ray" / node_c.node_id[:16] / "data").is_dir()
         arena.close()
     finally:
         ray.shutdown()
-    deadline = time.monotonic() + 20  # the task's supervisor cleans up as it goes
-    while survivors(repo.run_dir) and time.monotonic() < deadline:
-        time.sleep(0.5)
-    assert survivors(repo.run_dir) == []
+        cluster.shutdown()
+    assert survivors(node_root) == []
     assert repo.list_worktrees() == []
+    assert os.listdir(node_root / "evolve-ray" / node_c.node_id[:16] / "runs") == []

@@ -45,6 +45,9 @@ class ArenaConfig:
     term_grace_s: float = 3.0  # between SIGTERM and SIGKILL
     keep_outputs: bool = False  # keep model.pt after evaluation
     annotate: bool = True  # git note with the metrics on each commit
+    # torch.compile's caches, shared by the candidates of a run and kept across resumes
+    # (None: <run dir>/cache/compile)
+    compile_cache_dir: str | None = None
 
     @property
     def sandbox(self) -> Sandbox:
@@ -110,6 +113,7 @@ def execute_run(
             eval_timeout_s=config.eval_timeout_s,
             term_grace_s=config.term_grace_s,
             handle=handle,
+            compile_cache=Path(config.compile_cache_dir or repo.run_dir / "cache" / "compile"),
         )
     except Exception as exc:  # the arena's own failure: explained, redone, not counted
         log.exception("run %s failed inside the arena", name)

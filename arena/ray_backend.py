@@ -509,11 +509,14 @@ def _task(ship: Shipment, board: Any) -> Returned:
                 node_id,
             )
 
+        # this machine's compile cache for the run: kept across candidates and clusters
+        config = dataclasses.replace(
+            ship.config, compile_cache_dir=str(node.parent / "compile" / ship.root[:16])
+        )
+
         def work() -> None:
             box.append(
-                execute_run(
-                    request, repo, data_dir, prepare, slot, ship.config, logs, handle, ship.name
-                )
+                execute_run(request, repo, data_dir, prepare, slot, config, logs, handle, ship.name)
             )
 
         worker = threading.Thread(target=work, name=f"run-{ship.name}", daemon=True)

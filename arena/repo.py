@@ -33,7 +33,7 @@ log = logging.getLogger(__name__)
 ROOT_FILES = ("train.py", "prepare.py", "program.md")
 NOTES_REF = "refs/notes/evolve"
 # Everything the run directory holds besides the three tracked files.
-EXCLUDES = ("/worktrees/", "/logs/", "/out/", "*.sqlite", "*.sqlite-*", "*.db", "*.db-*")
+EXCLUDES = ("/worktrees/", "/logs/", "/out/", "/cache/", "*.sqlite", "*.sqlite-*", "*.db", "*.db-*")
 AUTHOR_ENV = {
     "GIT_AUTHOR_NAME": "evolve",
     "GIT_AUTHOR_EMAIL": "evolve@localhost",

@@ -90,9 +90,16 @@ class RunHandle:
 
 
 def candidate_env(
-    slot: Slot, seed: int, budget_s: float, out_dir: Path, data_dir: Path, home: Path
+    slot: Slot,
+    seed: int,
+    budget_s: float,
+    out_dir: Path,
+    data_dir: Path,
+    home: Path,
+    compile_cache: Path | None = None,
 ) -> dict[str, str]:
-    """The contract's environment for a candidate: scrubbed base + EVOLVE_* variables."""
+    """The contract's environment for a candidate: scrubbed base + EVOLVE_* variables,
+    and torch.compile's caches in `compile_cache` (shared by the candidates of a run)."""
     env = scrub_env(os.environ)
     env.setdefault("PATH", "/usr/local/bin:/usr/bin:/bin")
     env["PATH"] = f"{Path(sys.executable).parent}:{env['PATH']}"
@@ -114,7 +121,21 @@ def candidate_env(
             "PYTHONNOUSERSITE": "1",
         }
     )
+    if compile_cache is not None:
+        env.update(compile_cache_env(compile_cache))
     return env
+
+
+def compile_cache_env(cache: Path) -> dict[str, str]:
+    """torch.compile's on-disk caches (inductor's FX graph and autograd caches, Triton's
+    kernels) under `cache`, so that a candidate whose graphs an earlier one compiled
+    loads them instead of compiling again."""
+    return {
+        "TORCHINDUCTOR_CACHE_DIR": str(cache / "inductor"),
+        "TRITON_CACHE_DIR": str(cache / "triton"),
+        "TORCHINDUCTOR_FX_GRAPH_CACHE": "1",
+        "TORCHINDUCTOR_AUTOGRAD_CACHE": "1",
+    }
 
 
 def supervised(
@@ -312,9 +333,12 @@ def run_candidate(
     eval_timeout_s: float = 600.0,
     term_grace_s: float = 3.0,
     handle: RunHandle | None = None,
+    compile_cache: Path | None = None,
 ) -> Outcome:
     """Train `worktree`'s train.py and evaluate it. Never raises for candidate faults:
-    every failure is an Outcome with a status and a message."""
+    every failure is an Outcome with a status and a message. `compile_cache`: a
+    directory shared by the run's candidates for torch.compile's caches (writable in
+    the sandbox; the evaluator never uses it)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     # The code that is evaluated is the code that was committed: train.py as checked
     # out, before the candidate runs (it could rewrite itself or drop modules beside it).
@@ -322,11 +346,16 @@ def run_candidate(
     home = out_dir / "home"
     home.mkdir(exist_ok=True)
     log_path.parent.mkdir(parents=True, exist_ok=True)
-    env = candidate_env(slot, seed, budget_s, out_dir.resolve(), Path(data_dir).resolve(), home)
+    if compile_cache is not None:
+        compile_cache.mkdir(parents=True, exist_ok=True)
+        compile_cache = compile_cache.resolve()
+    env = candidate_env(
+        slot, seed, budget_s, out_dir.resolve(), Path(data_dir).resolve(), home, compile_cache
+    )
     argv = sandbox.command(
         [sys.executable, "train.py"],
         cwd=worktree,
-        writable=[worktree, out_dir],
+        writable=[worktree, out_dir, *([compile_cache] if compile_cache else [])],
         data_dir=data_dir,
         readonly_files=[worktree / "prepare.py"],
         gpu=slot.device_type == "cuda",

@@ -103,7 +103,13 @@ def _ray(world, nodes: Path) -> Backend:
     return Backend("ray", make, quick, long, clean)
 
 
-@pytest.fixture(params=["local", "ray", "simulated"])
+@pytest.fixture(
+    params=[
+        pytest.param("local", marks=pytest.mark.slow),  # real processes: seconds per run
+        pytest.param("ray", marks=pytest.mark.slow),
+        "simulated",
+    ]
+)
 def backend(request, world):
     if request.param == "local":
         b = _local(world)

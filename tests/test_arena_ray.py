@@ -12,13 +12,14 @@ import time
 from pathlib import Path
 
 import pytest
-from arena_helpers import TINY_TRAIN, build_cache, make_repo, survivors
+from arena_helpers import build_cache, make_repo, survivors
 
 from arena.devices import detect_slots
 from arena.records import RunOutcome, RunRequest, Status
 
 ray = pytest.importorskip("ray")
 SLEEPER = "import time\nwhile True:\n    time.sleep(1)\n"
+QUICK = "import time\ntime.sleep(0.2)\n"  # ends at once without a checkpoint
 
 
 def collect(arena, n, timeout):
@@ -44,6 +45,7 @@ def worktrees(node_root: Path, node_id: str) -> list[Path]:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(900)  # three Ray nodes on a small CI machine start slowly
 def test_two_nodes_without_shared_paths_run_cancel_and_survive_a_lost_node(
     tmp_path, monkeypatch
 ):
@@ -53,7 +55,7 @@ def test_two_nodes_without_shared_paths_run_cancel_and_survive_a_lost_node(
 
     data_dir = build_cache(tmp_path / "data")
     repo = make_repo(tmp_path / "run")
-    a = repo.commit_candidate(repo.root_commit, TINY_TRAIN.replace("DIM = 32", "DIM = 24"), "a")
+    quick = repo.commit_candidate(repo.root_commit, QUICK, "quick")
     sleeper = repo.commit_candidate(repo.root_commit, SLEEPER, "sleeper")
     node_root = tmp_path / "nodes"
     monkeypatch.setenv("EVOLVE_NODE_DIR", str(node_root))  # inherited by the nodes' workers
@@ -63,15 +65,13 @@ def test_two_nodes_without_shared_paths_run_cancel_and_survive_a_lost_node(
         ray.init(address=cluster.address, log_to_driver=False)
         arena = RayArena(repo, data_dir, detect_slots("cpu:2"), mem_limit_mb=3000)
         arena.submit(RunRequest("root", repo.root_commit, 0, 2.0))
-        arena.submit(RunRequest("a", a, 0, 2.0))
-        got = {r.candidate_id: r for r in collect(arena, 2, 240)}
-        for r in got.values():
-            assert r.outcome is RunOutcome.FINISHED and r.status is Status.EVALUATED, r.message
-            # the log came back to the head, the git note is on the head's repo
-            assert Path(r.log_path).parent == repo.run_dir / "logs"
-            assert "# arena: train.py" in Path(r.log_path).read_text()
-            assert "evaluated" in repo.note(r.commit)
-        assert got["root"].val_bpb != got["a"].val_bpb
+        [r] = collect(arena, 1, 300)
+        assert r.outcome is RunOutcome.FINISHED and r.status is Status.EVALUATED, r.message
+        assert r.val_bpb is not None and r.val_bpb > 0
+        # the log came back to the head, the git note is on the head's repo
+        assert Path(r.log_path).parent == repo.run_dir / "logs"
+        assert "# arena: train.py" in Path(r.log_path).read_text()
+        assert "evaluated" in repo.note(r.commit)
         # the runs happened on node B, in its own directory: nothing under the head's run dir
         assert not (repo.run_dir / "worktrees").exists() and not (repo.run_dir / "out").exists()
         assert (node_root / "evolve-ray" / node_b.node_id[:16] / "data").is_dir()
@@ -93,9 +93,9 @@ def test_two_nodes_without_shared_paths_run_cancel_and_survive_a_lost_node(
         wait_for(lambda: not survivors(node_root), 30, "end of the lost node's candidate")
 
         node_c = cluster.add_node(num_cpus=2)  # a fresh node gets its own copy of the data
-        arena.submit(RunRequest("root", repo.root_commit, 1, 2.0))
+        arena.submit(RunRequest("quick", quick, 1, 2.0))
         [r] = collect(arena, 1, 240)
-        assert r.status is Status.EVALUATED, r.message
+        assert r.outcome is RunOutcome.FINISHED and r.status is Status.CONTRACT_ERROR, r.message
         assert (node_root / "evolve-ray" / node_c.node_id[:16] / "data").is_dir()
         arena.close()
     finally:

@@ -1,0 +1,191 @@
+"""Are the device slots kept busy? Busy share and throughput with 1, 2, 4 and 8 slots.
+
+Two parts, each for every slot count N in --slots:
+
+loop: the real generation loop (store, git, guards, racing) on the simulated arena, with a
+  scripted proposer that answers in 5-20 s (uniform, seeded) and runs that last 300 s,
+  all times multiplied by --scale so that a trial takes seconds. Reported: the share of
+  slot time spent training (sum of run times / (N x wall time), from the first run to the
+  last result; also without generation 0, whose root runs on fewer seeds than there are
+  slots), and children finished per hour against N x the one-slot rate.
+arena: LocalArena and RayArena fed by a plain feeder that keeps every slot busy with a
+  candidate that sleeps --sleep seconds (exits without a checkpoint: no evaluation). Reported:
+  runs per hour against N x the one-slot rate, and the share of slot time the candidate
+  process ran (its supervised wall time) out of N x wall time: the rest is arena overhead.
+
+    python bench/throughput.py                        # loop part, 1 2 4 8 slots, scale 0.02
+    python bench/throughput.py --part arena --slots 1 2 --sleep 20 --runs 2
+    python bench/throughput.py --part all --ray
+
+Targets (issue 12): busy share >= 95 %, throughput >= 0.9 x N. Times on a shared machine
+are noisy: say how busy it was next to any figure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import random
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from arena.records import RunOutcome, RunRequest, RunResult  # noqa: E402
+from population.simulated import KnobProposer, SimulatedArena  # noqa: E402
+
+TRAIN_S, LLM_S = 300.0, (5.0, 20.0)
+SLEEPER = "import time\ntime.sleep({s})\n"
+
+
+class TimedArena(SimulatedArena):
+    """The simulated arena, recording when each run holds a slot."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.spans: list[tuple[float, float]] = []
+
+    def _start(self, at: float, result: RunResult) -> None:
+        self.spans.append((at, at + self.run_seconds))
+        super()._start(at, result)
+
+
+class SlowProposer(KnobProposer):
+    """KnobProposer answering after a seeded uniform delay in `delay` seconds."""
+
+    def __init__(self, delay: tuple[float, float], seed: int) -> None:
+        super().__init__()
+        self.delay, self.rng, self.lock = delay, random.Random(seed), threading.Lock()
+
+    def propose(self, ctx):
+        with self.lock:
+            wait = self.rng.uniform(*self.delay)
+        time.sleep(wait)
+        return super().propose(ctx)
+
+
+def loop_trial(n: int, args, workdir: Path) -> dict:
+    """One simulated run with `n` slots, built as `population.simulated.simulated_loop`
+    builds it, with the recording arena and the slow proposer."""
+    from arena.repo import ExperimentRepo
+    from population.loop import GenerationLoop
+    from population.program import ProgramConfig
+    from population.simulated import SIM_PREFERENCES, SIM_TRAIN_PY, Landscape, prepare_py_text
+    from population.store import Store, store_path
+
+    cfg = ProgramConfig(budget_s=TRAIN_S, population=2 * n, generations=args.generations,
+                        proposal_workers=n)
+    run_dir = workdir / f"loop-{n}"
+    repo = ExperimentRepo.create(run_dir, SIM_TRAIN_PY, prepare_py_text(), "+++\n+++\n")
+    store = Store.open(store_path(run_dir))
+    arena = TimedArena(lambda c: repo.read_file(c, "train.py"), slots=n,
+                       landscape=Landscape(sigma=0.01), run_seconds=TRAIN_S * args.scale)
+    proposer = SlowProposer(tuple(x * args.scale for x in LLM_S), seed=n)
+    loop = GenerationLoop(store, repo, arena, proposer, cfg, ["explorer", "tuner"], slots=n,
+                          preferences=SIM_PREFERENCES)
+    try:
+        loop.run()
+        children = [c for c in store.candidates() if c.id != "root" and c.commit is not None]
+        finished = [c for c in children if c.status.is_finished() or c.status.value == "evaluated"]
+    finally:
+        arena.close()
+        store.close()
+    spans = sorted(arena.spans)
+    t0, t1 = spans[0][0], max(e for _, e in spans)
+    root_end = spans[min(cfg.root_seeds, len(spans)) - 1][1]
+    later = [(max(s, root_end), e) for s, e in spans if e > root_end]
+    return {
+        "busy": sum(e - s for s, e in spans) / (n * (t1 - t0)),
+        "busy_after_root": sum(e - s for s, e in later) / (n * (t1 - root_end)) if later else 0.0,
+        "per_hour": len(finished) / ((t1 - t0) / 3600) * args.scale,  # in unscaled hours
+        "children": len(finished),
+    }
+
+
+def arena_trial(kind: str, n: int, args, world) -> dict:
+    from arena.devices import Slot, cpu_name
+
+    repo, data_dir, commit = world
+    slots = [Slot(f"cpu:{i}", "cpu", cpu_name(), None, 1) for i in range(n)]
+    if kind == "ray":
+        from arena.ray_backend import RayArena
+
+        arena = RayArena(repo, data_dir, slots, mem_limit_mb=1024)
+    else:
+        from arena.local import LocalArena
+
+        arena = LocalArena(repo, data_dir, slots, mem_limit_mb=1024)
+    total, done, results = n * args.runs, 0, []
+    submitted = 0
+    t0 = time.monotonic()
+    try:
+        while done < total:
+            while submitted < total and arena.free_slots() > 0:
+                arena.submit(RunRequest(f"s{submitted}", commit, submitted, args.sleep + 5))
+                submitted += 1
+            for r in arena.poll(0.2):
+                done += 1
+                results.append(r)
+        wall = time.monotonic() - t0
+    finally:
+        arena.close()
+    ok = [r for r in results if r.outcome is RunOutcome.FINISHED]
+    ran = sum(r.training_seconds or 0.0 for r in ok)
+    return {"per_hour": len(ok) / (wall / 3600), "busy": ran / (n * wall), "runs": len(ok)}
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--part", choices=["loop", "arena", "all"], default="loop")
+    p.add_argument("--slots", type=int, nargs="+", default=[1, 2, 4, 8])
+    p.add_argument("--scale", type=float, default=0.02, help="loop part: time scale (1 = real)")
+    p.add_argument("--generations", type=int, default=3)
+    p.add_argument("--sleep", type=float, default=20.0, help="arena part: candidate sleep (s)")
+    p.add_argument("--runs", type=int, default=3, help="arena part: runs per slot")
+    p.add_argument("--ray", action="store_true", help="arena part: also on a local Ray cluster")
+    args = p.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    with tempfile.TemporaryDirectory(prefix="throughput-") as tmp_s:
+        tmp = Path(tmp_s)
+        if args.part in ("loop", "all"):
+            print(f"loop on the simulated arena: runs {TRAIN_S:g} s, proposer {LLM_S[0]:g}-"
+                  f"{LLM_S[1]:g} s, time scale {args.scale:g}, {args.generations} generations")
+            print(f"  {'slots':>5} {'busy':>7} {'busy>g0':>8} {'children/h':>11} {'vs N x 1':>9}")
+            base = None
+            for n in args.slots:
+                r = loop_trial(n, args, tmp)
+                base = base or r["per_hour"] / n
+                print(f"  {n:>5} {100 * r['busy']:6.1f}% {100 * r['busy_after_root']:7.1f}% "
+                      f"{r['per_hour']:11.1f} {r['per_hour'] / (n * base):8.2f}x")
+        if args.part in ("arena", "all"):
+            sys.path.insert(0, str(ROOT / "tests"))
+            from arena_helpers import build_cache, make_repo
+
+            data_dir = build_cache(tmp / "data")
+            repo = make_repo(tmp / "run")
+            commit = repo.commit_candidate(repo.root_commit, SLEEPER.format(s=args.sleep), "sleep")
+            kinds = ["local"] + (["ray"] if args.ray else [])
+            for kind in kinds:
+                if kind == "ray":
+                    import ray
+
+                    ray.init(num_cpus=max(args.slots), include_dashboard=False, log_to_driver=False)
+                print(f"{kind} arena, candidates sleeping {args.sleep:g} s, {args.runs} runs per slot")
+                print(f"  {'slots':>5} {'runs/h':>8} {'vs N x 1':>9} {'candidate share':>16}")
+                base = None
+                for n in args.slots:
+                    r = arena_trial(kind, n, args, (repo, data_dir, commit))
+                    base = base or r["per_hour"] / n
+                    print(f"  {n:>5} {r['per_hour']:8.1f} {r['per_hour'] / (n * base):8.2f}x "
+                          f"{100 * r['busy']:15.1f}%")
+                if kind == "ray":
+                    ray.shutdown()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -470,6 +470,18 @@ def _slot(device_type: str, threads: int) -> Slot:
     return Slot("cpu:ray", "cpu", cpu_name(), None, threads)
 
 
+def _cancel_requested(board: Any, name: str) -> bool:
+    """Whether the head cancelled run `name`; True when its board is gone (the arena
+    that wanted the run no longer exists)."""
+    import ray
+
+    try:
+        return bool(ray.get(board.is_cancelled.remote(name)))
+    except ray.exceptions.RayActorError:
+        log.warning("the arena's board is gone; stopping run %s", name)
+        return True
+
+
 def _task(ship: Shipment, board: Any) -> Returned:
     """Body of one Ray task (runs on a worker node)."""
     import ray
@@ -524,9 +536,9 @@ def _task(ship: Shipment, board: Any) -> Returned:
         try:
             while worker.is_alive():
                 worker.join(CANCEL_POLL_S)
-                if not handle.cancelled and ray.get(board.is_cancelled.remote(ship.name)):
+                if not handle.cancelled and _cancel_requested(board, ship.name):
                     handle.cancel()
-        except KeyboardInterrupt:  # a ray.cancel that reached a started task
+        except BaseException:  # a ray.cancel that reached a started task: stop, clean up
             handle.cancel()
             worker.join()
             raise

@@ -34,7 +34,7 @@ step() {
   local name=$1 limit=$2
   shift 2
   local t=$SECONDS
-  if timeout "$limit" "$@" > "$WORK/$name.log" 2>&1; then
+  if timeout -k 10 "$limit" bash -c '"$@"' _ "$@" > "$WORK/$name.log" 2>&1; then
     row "$name" ok "$(tail -n 1 "$WORK/$name.log") [$((SECONDS - t)) s]"
   else
     row "$name" FAIL "exit $? after $((SECONDS - t)) s (log below)"
@@ -84,11 +84,11 @@ EOF
 }
 
 overhead() {
-  local dev=$DEVICE
-  python bench/arena_overhead.py --device "$dev" --reps 2 --budget 10 --data "$EVOLVE_DATA" \
-    | tee "$WORK/overhead.txt"
-  echo "$(grep -o 'per candidate, cold.*' "$WORK/overhead.txt" | head -1); \
-$(grep -o 'per candidate, warm.*' "$WORK/overhead.txt" | head -1)"
+  local out="$GPU_CHECK_WORK/overhead.txt"
+  python bench/arena_overhead.py --device "$GPU_CHECK_DEVICE" --reps 2 --budget 10 \
+    --data "$EVOLVE_DATA" > "$out" || { cat "$out"; return 1; }
+  cat "$out"
+  echo "$(grep -o 'per candidate, cold.*' "$out" | head -1); $(grep -o 'per candidate, warm.*' "$out" | head -1)"
 }
 
 bwrap_cuda() {
@@ -154,6 +154,7 @@ print(f"evolve: {len(cands) - 1} children, statuses {sorted(c.status.value for c
 EOF
 }
 
+export -f device_info template overhead bwrap_cuda evolve_scripted
 step device 60 device_info
 step data 120 python prepare.py
 step template-small $((BUDGET + 150)) template small

@@ -121,7 +121,7 @@ print(log[-800:])
 line = next((ln for ln in log.splitlines() if ln.startswith("cuda inside")), "no probe output")
 if dev != "cpu" and ("True 1" not in line or (r.peak_mem_mb or 0) < 2000):
     sys.exit(f"bwrap+CUDA failed: {line}; NVML peak {r.peak_mem_mb} MB")
-print(f"{line}; NVML peak from outside {r.peak_mem_mb or 0:.0f} MB")
+print(f"{line}; peak memory from outside (NVML on a GPU) {r.peak_mem_mb or 0:.0f} MB")
 EOF
 }
 

@@ -1,8 +1,9 @@
 """The arena: trusted, isolated evaluation of train.py variants on device slots.
 
-Flow: population loop -> `LocalArena.submit(RunRequest)` -> guards, worktree,
+Flow: population loop -> `Arena.submit(RunRequest)` -> guards, worktree,
 sandboxed training, separate-process evaluation -> `poll()` -> `RunResult`.
-Modules: `records` (shared records), `repo` (git), `guards`, `devices`, `sandbox`,
+Modules: `protocol` (the Arena protocol and its contract), `records` (shared records:
+`RunRequest`, `RunResult`, `RunOutcome`, `Status`), `repo` (git), `guards`, `devices`, `sandbox`,
 `supervise` (process-tree owner), `runner`, `evaluate` + `eval_worker` (trusted
 evaluation), `execute` (one run), `local` and `ray_backend` (executors).
 
@@ -17,10 +18,14 @@ if TYPE_CHECKING:  # for type checkers only; at run time see __getattr__
     from arena.devices import Slot, detect_slots
     from arena.execute import ArenaConfig
     from arena.local import LocalArena
-    from arena.records import RunRequest, RunResult, Status
+    from arena.protocol import Arena, ArenaClosed
+    from arena.records import RunOutcome, RunRequest, RunResult, Status
     from arena.repo import ExperimentRepo
 
 _EXPORTS = {
+    "Arena": "arena.protocol",
+    "ArenaClosed": "arena.protocol",
+    "RunOutcome": "arena.records",
     "LocalArena": "arena.local",
     "ArenaConfig": "arena.execute",
     "ExperimentRepo": "arena.repo",
@@ -33,10 +38,13 @@ _EXPORTS = {
 }
 
 __all__ = [
+    "Arena",
+    "ArenaClosed",
     "ArenaConfig",
     "ExperimentRepo",
     "LocalArena",
     "RayArena",
+    "RunOutcome",
     "RunRequest",
     "RunResult",
     "Slot",

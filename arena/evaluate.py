@@ -162,24 +162,34 @@ class ModelProxy:
 
 
 class FreshWorker:
-    """`logits_fn` backed by a worker process started on the first call (after `before`
-    ran: the evaluator closes the scorer there, so two models never share the memory
-    ceiling). It never saw what the scorer was sent."""
+    """`logits_fn` backed by a worker process that never saw what the scorer was sent.
+    It is started early by `prestart()` (its start-up then overlaps the scoring) or else
+    on the first call; `before` runs at the first call (the evaluator closes the scorer
+    there, so a late-started checker never shares the memory ceiling with it)."""
 
     def __init__(self, start, before=None) -> None:
         self.start = start
         self.before = before
         self.proxy: ModelProxy | None = None
-        self.ready_seconds: float | None = None
+        self.ready = False
+        self.started_early = False
+        self.wait_seconds: float | None = None
+
+    def prestart(self) -> None:
+        if self.proxy is None:
+            self.proxy = self.start()
+            self.started_early = True
 
     def __call__(self, idx):
-        if self.proxy is None:
+        if not self.ready:
             if self.before is not None:
                 self.before()
             t0 = time.monotonic()
-            self.proxy = self.start()
+            if self.proxy is None:
+                self.proxy = self.start()
             self.proxy.wait_ready()
-            self.ready_seconds = time.monotonic() - t0
+            self.ready = True
+            self.wait_seconds = time.monotonic() - t0
         return self.proxy(idx)
 
     @property
@@ -312,6 +322,22 @@ def start_worker(args, sandbox) -> subprocess.Popen:
     )
 
 
+def room_for_two(proc: subprocess.Popen, mem_limit_mb: int) -> bool:
+    """Whether a second model worker fits beside the scorer `proc` (its process tree's
+    resident memory, twice, plus this process) under 70% of the memory ceiling that the
+    supervisor enforces on the evaluator's tree."""
+    import psutil
+
+    try:
+        me = psutil.Process()
+        worker = psutil.Process(proc.pid)
+        tree = [worker, *worker.children(recursive=True)]
+        rss = sum(p.memory_info().rss for p in tree)
+        return 2 * rss + me.memory_info().rss < 0.7 * mem_limit_mb * 2**20
+    except psutil.Error:
+        return False
+
+
 def run(args) -> dict:
     from arena.sandbox import Sandbox
 
@@ -339,6 +365,8 @@ def run(args) -> dict:
     try:
         scorer.wait_ready()
         result["ready_seconds"] = time.monotonic() - t0  # worker started, model loaded
+        if room_for_two(proc, args.mem_limit_mb):
+            checker.prestart()  # its start-up overlaps the scoring
         t_score = time.monotonic()
         for split, tokens in splits.items():
             n_windows = len(prepare.eval_windows(len(tokens), prepare.SEQ_LEN))
@@ -378,7 +406,8 @@ def run(args) -> dict:
             )
         result["checked_batches"] = checks.run(checker)
         result["check_seconds"] = time.monotonic() - t_check
-        result["checker_ready_seconds"] = checker.ready_seconds
+        result["checker_started_early"] = checker.started_early
+        result["checker_wait_seconds"] = checker.wait_seconds  # waited for it to be ready
     except NotCausal as exc:
         result.update(status="causality_violation", message=str(exc), val_bpb=None, test_bpb=None)
     except (NonFinite, prepare.NonFiniteLogits) as exc:

@@ -115,30 +115,30 @@ class Model(nn.Module):
         pred = [[self.memo.setdefault(k, n) for k, n in zip(ks, ns)] for ks, ns in zip(keys, nxt)]
         return F.one_hot(torch.tensor(pred), self.vocab).float() * 8 + self.bias
 '''),
-    # state: a bigram cache of everything it was sent before (dynamic evaluation on the
-    # evaluation text), with its answers memoized per row prefix to pass re-sends
-    "stateful_cache": _model('''
-class Model(nn.Module):
-    def __init__(self, vocab_size):
-        super().__init__()
-        self.vocab = vocab_size
-        self.bias = nn.Parameter(torch.zeros(vocab_size))
-        self.counts = torch.zeros(vocab_size, vocab_size)
-        self.snapshots = []
-        self.memo = {}
-
-    def forward(self, idx):
-        self.snapshots.append(torch.log(self.counts + 0.05))
-        now = len(self.snapshots) - 1
-        out = torch.empty(*idx.shape, self.vocab)
-        for r, ks in enumerate(row_keys(idx)):
-            for t, k in enumerate(ks):
-                out[r, t] = self.snapshots[self.memo.setdefault(k, now)][idx[r, t]]
-        flat = idx.reshape(-1)
-        for a, b in zip(flat[:-1].tolist(), flat[1:].tolist()):
-            self.counts[a, b] += 1
-        return out + self.bias
-'''),
+    # state: the honest model plus a bigram cache of everything it was sent before
+    # (dynamic evaluation on the evaluation text), its answers memoized per row prefix
+    # so that re-sent batches match
+    "stateful_cache": HONEST.replace(
+        "        self.head = nn.Linear(dim, vocab_size)\n",
+        "        self.head = nn.Linear(dim, vocab_size)\n"
+        "        self.counts = torch.zeros(vocab_size, vocab_size)\n"
+        "        self.snapshots, self.memo = [], {}\n",
+    ).replace(
+        "        return self.head(h)",
+        "        out = self.head(h)\n"
+        "        if self.training:\n"
+        "            return out\n"
+        "        self.snapshots.append(torch.log_softmax(torch.log(self.counts + 0.02), -1))\n"
+        "        now = len(self.snapshots) - 1\n"
+        "        for r, row in enumerate(idx.tolist()):\n"
+        "            key = 0\n"
+        "            for t, tok in enumerate(row):\n"
+        "                key = hash((key, tok))\n"
+        "                out[r, t] = out[r, t] + self.snapshots[self.memo.setdefault(key, now)][tok]\n"
+        "            for a, b in zip(row[:-1], row[1:]):\n"
+        "                self.counts[a, b] += 1\n"
+        "        return out",
+    ),
     # rows: causal within its row, but a row's last position reads the first token of
     # the next row (consecutive windows made that the row's last target)
     "cross_row_leak": HONEST.replace(
@@ -156,16 +156,20 @@ class Model(nn.Module):
         super().__init__()
         self.vocab = vocab_size
         self.bias = nn.Parameter(torch.zeros(vocab_size))
-        self.recent = []
+        self.old, self.new = {}, {}
+
+    def recall(self, key, guess):
+        if key not in self.new:
+            self.new[key] = self.old.get(key, guess)
+        return self.new[key]
 
     def forward(self, idx):
         if not bool((idx < 128).all()):  # random tokens: a probe, be honest
             return F.one_hot(idx, self.vocab).float() + self.bias
+        if len(self.new) > 20000:  # it remembers only its recent answers
+            self.old, self.new = self.new, {}
         nxt = torch.roll(idx, -1, dims=1).tolist()
-        keys = row_keys(idx)
-        memo = {k: v for m in self.recent for k, v in m.items()}
-        pred = [[memo.get(k, n) for k, n in zip(ks, ns)] for ks, ns in zip(keys, nxt)]
-        self.recent = (self.recent + [{k: p for ks, ps in zip(keys, pred) for k, p in zip(ks, ps)}])[-4:]
+        pred = [[self.recall(k, n) for k, n in zip(ks, ns)] for ks, ns in zip(row_keys(idx), nxt)]
         return F.one_hot(torch.tensor(pred), self.vocab).float() * 8 + self.bias
 '''),
 }

@@ -13,7 +13,6 @@ The first tests drive the checks in-process (fast): what the checker is sent, an
 a fresh checker catches what one long-lived process would not.
 """
 
-import json
 import os
 import random
 import subprocess
@@ -23,11 +22,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from arena_helpers import USE_BWRAP, make_repo
+from redteam_models import HONEST, HOSTILE, corpus
 
 import prepare
 from arena.evaluate import BehaviourChecks, NotCausal
-from arena_helpers import USE_BWRAP, make_repo
-from redteam_models import HONEST, HOSTILE, corpus
 
 ROOT = Path(__file__).resolve().parents[1]
 T = 32
@@ -187,7 +186,7 @@ def test_evolve_confirms_no_cheat_sent_by_the_llm(tmp_path):
         proc = subprocess.run(
             [sys.executable, "-m", "population.cli", "--program", str(program),
              "--run-dir", str(tmp_path / "run"), "--devices", "cpu"],
-            cwd=ROOT, env=env, capture_output=True, text=True, timeout=1200,
+            cwd=ROOT, env=env, capture_output=True, text=True, timeout=1200, check=False,
         )
         assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
         assert len(llm.requests) >= len(LOOP_CHEATS)

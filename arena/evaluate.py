@@ -10,16 +10,17 @@ worktree's), always on log-probabilities (`prepare.target_log_probs`: float64, a
 logits refused), never on raw logits:
 - the scorer (the first worker) answers `prepare.evaluate_bpb` on the validation split,
   then on the sealed test split; the windows of each batch are unrelated text, shuffled
-  with a secret seed. While it scores, CHECKS_PER_SPLIT batches per split (chosen at
-  random) are kept for checking: one row whole, every other row with the tokens after a
-  random cut (position 0 included) replaced by text from the TRAIN split;
+  with a secret seed. While it scores, CHECK_ROWS_PER_SPLIT windows per split (chosen at
+  random among all its batches) are kept for checking, with the scorer's answers;
 - the scorer then answers the base input of `prepare.causality_probe` (random tokens,
   a secret seed) and is closed;
-- a second, fresh worker (the checker: it never saw an original input) answers the
-  probe's changed inputs and then the kept batches in a secret order. At every compared
-  position (the whole kept row; the other rows up to their cut) the log-probabilities
-  of the scored targets and of a few secret token ids must agree with the scorer's
-  within `prepare.CHECK_TOLERANCE` nats. A model that looks ahead, reads other rows,
+- a second, fresh worker (the checker: it never saw an original input; started early
+  when two models fit the memory ceiling) answers the probe's changed inputs, then the
+  kept windows, shuffled into new batches in a secret order: in each, one window whole,
+  every other one with the tokens after a random cut replaced by text from the TRAIN
+  split. At every compared position (the whole kept window; the others up to their
+  cut) the log-probabilities of the scored targets and of a few secret token ids must
+  agree with the scorer's within `prepare.CHECK_TOLERANCE` nats. A model that looks ahead, reads other rows,
   keeps state between calls, remembers its answers, or behaves differently when it
   detects a check cannot reproduce the scorer's numbers without the text it peeked at.
 Non-finite logits give `nan`; absurd logits (|logit| > prepare.LOGIT_LIMIT) and a worker
@@ -54,7 +55,7 @@ log = logging.getLogger(__name__)
 
 U32 = struct.Struct("<I")
 WORKER = Path(__file__).resolve().parent / "eval_worker.py"
-CHECKS_PER_SPLIT = 4  # scored batches per split that the fresh checker re-answers
+CHECK_ROWS_PER_SPLIT = 64  # scored windows per split that the fresh checker re-answers
 SECRET_IDS = 7  # token ids per position compared besides the target (chosen at random)
 
 
@@ -202,20 +203,22 @@ class FreshWorker:
 
 
 @dataclass(frozen=True)
-class Check:
-    """One scored batch as the checker will see it, and what the scorer said."""
+class ScoredRow:
+    """One scored window, kept for the checker, and what the scorer said of it."""
 
     split: str
-    changed: object  # int64 [B, T]: the batch with other rows' suffixes replaced
-    ids: object  # int64 [B, T, 1 + SECRET_IDS]: the targets, then secret ids
-    expected: object  # float64 [B, T, 1 + SECRET_IDS]: the scorer's log-probabilities
-    compared: object  # bool [B, T]: positions whose inputs up to them are unchanged
-    cuts: tuple[int, ...]  # per row: last unchanged position (T - 1 for the kept row)
+    x: object  # int64 [T]: the window's inputs
+    ids: object  # int64 [T, 1 + SECRET_IDS]: its targets, then secret token ids
+    expected: object  # float64 [T, 1 + SECRET_IDS]: the scorer's log-probabilities of ids
 
 
 class BehaviourChecks:
-    """`observe` for `prepare.evaluate_bpb`: keeps `per_split` randomly chosen batches of
-    each split (as Checks), then replays them on a fresh worker in a secret order."""
+    """`observe` for `prepare.evaluate_bpb`: keeps randomly chosen scored rows (windows)
+    of every split; `run` sends them to a fresh worker, shuffled into new batches in a
+    secret order (every row among rows of other batches, so its neighbours differ from
+    the scorer's, position 0 included). In each check batch one row is sent whole and
+    compared at every position; every other row keeps its tokens up to a random cut,
+    gets train-split text after it and is compared up to the cut."""
 
     def __init__(self, prepare: ModuleType, train_tokens, vocab_size: int,
                  rng: random.Random, tolerance: float) -> None:
@@ -226,14 +229,30 @@ class BehaviourChecks:
         self.vocab_size = vocab_size
         self.rng = rng
         self.tolerance = tolerance
-        self.checks: list[Check] = []
+        self.rows: list[ScoredRow] = []
         self.split = ""
         self.chosen: set[int] = set()
         self.seen = 0
 
-    def start_split(self, split: str, n_batches: int, per_split: int) -> None:
+    def start_split(self, split: str, n_windows: int, n_rows: int) -> None:
+        """The next windows scored belong to `split`; keep `n_rows` of them at random."""
         self.split, self.seen = split, 0
-        self.chosen = set(self.rng.sample(range(n_batches), min(per_split, n_batches)))
+        self.chosen = set(self.rng.sample(range(n_windows), min(n_rows, n_windows)))
+
+    def __call__(self, x, y, counted, logits) -> None:
+        import torch
+
+        b, t = x.shape
+        rows = [r for r in range(b) if self.seen + r in self.chosen]
+        self.seen += b
+        if not rows:
+            return
+        k = min(SECRET_IDS, self.vocab_size)
+        extra = torch.tensor([self.rng.sample(range(self.vocab_size), k) for _ in rows])
+        ids = torch.cat([y[rows].unsqueeze(-1), extra[:, None, :].expand(len(rows), t, k)], dim=-1)
+        expected = self.prepare.target_log_probs(logits[rows], ids)
+        for i, r in enumerate(rows):
+            self.rows.append(ScoredRow(self.split, x[r].clone(), ids[i].clone(), expected[i]))
 
     def _train_text(self, n: int):
         import torch
@@ -241,51 +260,44 @@ class BehaviourChecks:
         start = self.rng.randrange(0, max(1, len(self.train) - n))
         return torch.from_numpy(self.train[start : start + n].astype("int64"))
 
-    def __call__(self, x, y, counted, logits) -> None:
+    def run(self, logits_fn, batch_size: int) -> int:
+        """Send every kept row to `logits_fn` (the fresh checker); returns the number of
+        rows checked. Raises NotCausal at the first disagreement."""
         import torch
 
-        index, self.seen = self.seen, self.seen + 1
-        if index not in self.chosen:
-            return
-        b, t = x.shape
-        kept = self.rng.randrange(b)
-        changed = x.clone()
-        compared = torch.zeros(b, t, dtype=torch.bool)
-        cuts = []
-        for row in range(b):
-            cut = t - 1 if row == kept else self.rng.randrange(-1, t - 1)
-            if cut < t - 1:
-                changed[row, cut + 1 :] = self._train_text(t - cut - 1)
-            compared[row, : cut + 1] = True
-            cuts.append(cut)
-        extra = torch.tensor(self.rng.sample(range(self.vocab_size), min(SECRET_IDS, self.vocab_size)))
-        ids = torch.cat([y.unsqueeze(-1), extra.expand(b, t, len(extra))], dim=-1)
-        expected = self.prepare.target_log_probs(logits, ids)
-        self.checks.append(Check(self.split, changed, ids, expected, compared, tuple(cuts)))
-
-    def run(self, logits_fn) -> int:
-        """Replay every kept batch on `logits_fn` (the fresh checker), in a secret order."""
-        self.rng.shuffle(self.checks)
-        for check in self.checks:
-            got = self.prepare.target_log_probs(logits_fn(check.changed), check.ids)
-            diff = (got - check.expected).abs().amax(dim=-1)
-            diff[~check.compared] = 0.0
+        self.rng.shuffle(self.rows)
+        for first in range(0, len(self.rows), batch_size):
+            group = self.rows[first : first + batch_size]
+            t = group[0].x.shape[0]
+            kept = self.rng.randrange(len(group))
+            changed = torch.stack([row.x for row in group])
+            compared = torch.zeros(changed.shape, dtype=torch.bool)
+            cuts = []
+            for i in range(len(group)):
+                cut = t - 1 if i == kept else self.rng.randrange(0, t - 1)
+                if cut < t - 1:
+                    changed[i, cut + 1 :] = self._train_text(t - cut - 1)
+                compared[i, : cut + 1] = True
+                cuts.append(cut)
+            ids = torch.stack([row.ids for row in group])
+            got = self.prepare.target_log_probs(logits_fn(changed), ids)
+            diff = (got - torch.stack([row.expected for row in group])).abs().amax(dim=-1)
+            diff[~compared] = 0.0
             worst = float(diff.max())
             if worst > self.tolerance:
-                row, pos = (int(v) for v in (diff > self.tolerance).nonzero()[0])
-                cut = check.cuts[row]
+                i, pos = (int(v) for v in (diff > self.tolerance).nonzero()[0])
                 what = (
-                    "when the other rows of its batch changed"
-                    if cut == check.changed.shape[1] - 1
-                    else f"when the tokens after position {cut} of its row changed"
+                    "with other rows beside it"
+                    if cuts[i] == t - 1
+                    else f"with other rows beside it and its tokens after position {cuts[i]} changed"
                 )
                 raise NotCausal(
-                    f"on real text ({check.split} split), the log-probabilities at position "
-                    f"{pos} of a scored row moved by {worst:.3g} nats {what}, answered by a "
-                    "fresh model process: a position may depend only on its own row's "
-                    "earlier tokens (no look-ahead, no other rows, no state kept between calls)"
+                    f"on real text ({group[i].split} split), the log-probabilities at position "
+                    f"{pos} of a scored row moved by {worst:.3g} nats when a fresh model process "
+                    f"was sent it {what}: a position may depend only on its own row's earlier "
+                    "tokens (no look-ahead, no other rows, no state kept between calls)"
                 )
-        return len(self.checks)
+        return len(self.rows)
 
 
 def start_worker(args, sandbox) -> subprocess.Popen:
@@ -370,7 +382,7 @@ def run(args) -> dict:
         t_score = time.monotonic()
         for split, tokens in splits.items():
             n_windows = len(prepare.eval_windows(len(tokens), prepare.SEQ_LEN))
-            checks.start_split(split, -(-n_windows // args.batch_size), CHECKS_PER_SPLIT)
+            checks.start_split(split, n_windows, CHECK_ROWS_PER_SPLIT)
             bpb = prepare.evaluate_bpb(
                 scorer,
                 tokens,
@@ -404,7 +416,7 @@ def run(args) -> dict:
                 "answered by a fresh model process); attention must be causal and each "
                 "row independent of the others"
             )
-        result["checked_batches"] = checks.run(checker)
+        result["checked_rows"] = checks.run(checker, args.batch_size)
         result["check_seconds"] = time.monotonic() - t_check
         result["checker_started_early"] = checker.started_early
         result["checker_wait_seconds"] = checker.wait_seconds  # waited for it to be ready

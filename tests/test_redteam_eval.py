@@ -32,31 +32,44 @@ ROOT = Path(__file__).resolve().parents[1]
 T = 32
 
 
-def scored_batches(checks, model, tokens, n_batches):
+def scored_batches(checks, model, tokens, n_rows=16):
     """Score `tokens` with `model` through evaluate_bpb, checks observing."""
-    checks.start_split("val", n_batches, 2)
+    checks.start_split("val", len(prepare.eval_windows(len(tokens), T)), n_rows)
     return prepare.evaluate_bpb(model, tokens, np.ones(256), seq_len=T, batch_size=8,
                                 seed=1, observe=checks)
 
 
-def test_check_batches_hold_train_text_only_beyond_each_cut():
+class Recorder:
+    """A causal model (logits from the current token) that keeps every batch it is sent."""
+
+    def __init__(self):
+        self.sent = []
+
+    def __call__(self, idx):
+        self.sent.append(idx.clone())
+        return torch.nn.functional.one_hot(idx, 256).float()
+
+
+def test_check_rows_come_from_every_batch_and_only_train_text_is_added():
     train = (np.arange(5000) * 7 % 251).astype(np.uint16) + 3  # distinctive "train" text
-    val = (np.arange(2000) % 200).astype(np.uint16)
+    val = np.random.default_rng(0).integers(0, 200, 2000).astype(np.uint16)
     checks = BehaviourChecks(prepare, train, 256, random.Random(0), prepare.CHECK_TOLERANCE)
-    n_batches = -(-len(prepare.eval_windows(len(val), T)) // 8)
-    scored_batches(checks, lambda x: torch.nn.functional.one_hot(x, 256).float(), val, n_batches)
-    assert len(checks.checks) == 2
+    scorer, checker = Recorder(), Recorder()
+    scored_batches(checks, scorer, val, n_rows=40)
+    assert checks.run(checker, 8) == 40
+    scored_rows = {tuple(r.tolist()): i for i, b in enumerate(scorer.sent) for r in b}
     train_text = bytes(np.asarray(train, dtype=np.uint8))
-    cuts = []
-    for check in checks.checks:
-        kept = [r for r, c in enumerate(check.cuts) if c == T - 1]
-        assert len(kept) >= 1
-        for row, cut in enumerate(check.cuts):
-            suffix = bytes(check.changed[row, cut + 1 :].to(torch.uint8).tolist())
-            assert suffix in train_text  # never val or test text
-            assert bool(check.compared[row, : cut + 1].all()) and not bool(check.compared[row, cut + 1 :].any())
-            cuts.append(cut)
-    assert -1 in cuts or len(cuts) < 8  # whole rows are replaced too (position 0)
+    from_batches, whole = set(), 0
+    for batch in checker.sent:
+        for row in batch:
+            # each row is a scored window up to some cut, then train text (never val/test)
+            cut = max(c for c in range(T) if any(k[: c + 1] == tuple(row[: c + 1].tolist()) for k in scored_rows))
+            match = next(k for k in scored_rows if k[: cut + 1] == tuple(row[: cut + 1].tolist()))
+            from_batches.add(scored_rows[match])
+            whole += cut == T - 1
+            assert bytes(row[cut + 1 :].to(torch.uint8).tolist()) in train_text
+    assert whole >= len(checker.sent)  # at least one window per check batch is sent whole
+    assert len(from_batches) > len(checker.sent)  # check batches mix rows of several scored batches
 
 
 class Peeker:
@@ -81,13 +94,12 @@ def test_a_fresh_checker_catches_a_look_ahead_that_the_same_process_hides(memo):
     val = (np.arange(3000) * 13 % 211).astype(np.uint16)
     checks = BehaviourChecks(prepare, train, 256, random.Random(1), prepare.CHECK_TOLERANCE)
     model = Peeker(memo)
-    n_batches = -(-len(prepare.eval_windows(len(val), T)) // 8)
-    bpb = scored_batches(checks, model, val, n_batches)
+    bpb = scored_batches(checks, model, val)
     assert bpb.bpb < 0.5  # the cheat pays, if nobody looks
-    if memo:  # the old arrangement: the same process answers the re-sent batches
-        assert checks.run(model) == 2
+    if memo:  # the old arrangement: the same process answers the re-sent rows
+        assert checks.run(model, 8) == 16
     with pytest.raises(NotCausal, match="on real text .* fresh model process"):
-        checks.run(Peeker(memo))
+        checks.run(Peeker(memo), 8)
 
 
 def test_an_honest_model_passes_every_check_on_a_fresh_process():
@@ -97,10 +109,10 @@ def test_an_honest_model_passes_every_check_on_a_fresh_process():
     model = torch.nn.Sequential(torch.nn.Embedding(256, 16), torch.nn.Linear(16, 256))
     checks = BehaviourChecks(prepare, train, 256, random.Random(2), prepare.CHECK_TOLERANCE)
     with torch.no_grad():
-        scored_batches(checks, model, val, -(-len(prepare.eval_windows(len(val), T)) // 8))
+        scored_batches(checks, model, val)
         twin = torch.nn.Sequential(torch.nn.Embedding(256, 16), torch.nn.Linear(16, 256))
         twin.load_state_dict(model.state_dict())
-        assert checks.run(twin) == 2
+        assert checks.run(twin, 8) == 16
 
 
 # ---------------------------------------------------------------------------

@@ -155,6 +155,7 @@ REFUSED = {
     "stateful_cache": ("causality_violation", "fresh model process"),
     "cross_row_leak": ("causality_violation", "changed when later tokens changed"),
     "text_only_peeker_with_memory": ("causality_violation", "on real text"),
+    "small_batch_peeker": ("causality_violation", "on real text"),
 }
 
 

@@ -7,8 +7,10 @@ root commit. It has two audiences:
   `TrainLoader`, `BudgetClock`, `save_for_eval()`, `print_summary()`. It sees only the
   train split.
 - the arena's evaluator uses the evaluation primitives: `load_split()`,
-  `evaluate_bpb()`, `causality_probe()`. The validation and test splits live in their
-  own directory (`eval/`) so that the sandbox can hide them from candidates.
+  `evaluate_bpb()`, `causality_probe()`, `target_log_probs()` (every number, the score
+  and every behaviour check, is computed from log-probabilities, never raw logits). The
+  validation and test splits live in their own directory (`eval/`) so that the sandbox
+  can hide them from candidates; they are capped on text, the same for every tokenizer.
 
 As a script (`python prepare.py`, the same as `evolve prepare`) it builds the data
 cache: the embedded KJV corpus by default, `--text PATH` for your own text, or

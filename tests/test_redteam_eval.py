@@ -142,6 +142,7 @@ def arena_results(tmp_path_factory):
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1800)  # the module's arena runs 8 candidates; minutes on a busy 2-core machine
 def test_the_honest_model_is_evaluated(arena_results):
     r = arena_results["honest"]
     assert r.status.value == "evaluated", r.message
@@ -160,6 +161,7 @@ REFUSED = {
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1800)
 @pytest.mark.parametrize("name", sorted(REFUSED))
 def test_each_cheat_is_refused_by_the_arena(arena_results, name):
     assert set(REFUSED) == set(HOSTILE)
@@ -177,6 +179,7 @@ LOOP_CHEATS = ("offset_1e4_peeker", "memoizer", "text_only_peeker_with_memory")
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1800)
 def test_evolve_confirms_no_cheat_sent_by_the_llm(tmp_path):
     from agents.scripted_server import ScriptedLLMServer
     from population.store import Store, store_path

@@ -257,8 +257,9 @@ def test_template_trains_and_hands_over_a_loadable_model(tmp_path):
 # checks with an absolute tolerance, unrelated rows, a hashed tokenizer
 
 
+@pytest.mark.slow
 def test_byte_and_bpe_caches_score_the_same_text(tmp_path):
-    docs = [f"Book {i}\n" + f"Verse {i} of the harness, line by line.\n" * (40 + 7 * i) for i in range(40)]
+    docs = [f"Book {i}\n" + f"Verse {i} of the harness, line by line.\n" * (10 + 3 * i) for i in range(30)]
     byte = prepare.build_cache(tmp_path / "byte", docs, "text", "byte")
     bpe = prepare.build_cache(tmp_path / "bpe", docs, "text", "bpe", 400)
     from tokenizers import Tokenizer as HF

@@ -172,18 +172,13 @@ class Model(nn.Module):
         pred = [[self.recall(k, n) for k, n in zip(ks, ns)] for ks, ns in zip(row_keys(idx), nxt)]
         return F.one_hot(torch.tensor(pred), self.vocab).float() * 8 + self.bias
 '''),
-    # detection: looks ahead only in a batch smaller than the evaluator's (the last one
-    # of a split), honest in full batches and in the probe's tiny ones
-    "small_batch_peeker": _model('''
-class Model(nn.Module):
-    def __init__(self, vocab_size):
-        super().__init__()
-        self.vocab = vocab_size
-        self.bias = nn.Parameter(torch.zeros(vocab_size))
-
-    def forward(self, idx):
-        if 4 <= idx.shape[0] < 16:
-            return peek(idx, self.vocab) + self.bias
-        return F.one_hot(idx, self.vocab).float() + self.bias
-'''),
+    # detection: the honest model, but it looks ahead in a batch smaller than the
+    # evaluator's (the last one of a split); honest in full batches and in the probe's
+    "small_batch_peeker": HONEST.replace(
+        "        return self.head(h)",
+        "        out = self.head(h)\n"
+        "        if 4 <= idx.shape[0] < 16:\n"
+        "            out = out + 8 * F.one_hot(torch.roll(idx, -1, dims=1), out.shape[-1]).float()\n"
+        "        return out",
+    ),
 }

@@ -3,9 +3,10 @@
 Each file in tests/redteam_models.py is a whole train.py that lowers its val_bpb by a
 trick instead of by predicting unseen text better (a look-ahead hidden under huge
 logits, memoized answers, a bigram cache of the evaluation text, a leak from the next
-row, a model that is honest only on random tokens). On the arena before issue 8 every
-one of them was evaluated with a score better than the honest model's (bench/redteam_eval.py
---code <old checkout> prints that table); here each must be refused, through a real
+row, a model that is honest only on random tokens or in full batches). On the arena
+before issue 8 every one of them passed the checks and was evaluated, most with a far
+better score than the honest model's (`bench/redteam_eval.py --code <old checkout>`
+prints that table); here each must be refused, through a real
 LocalArena (sandboxed where bubblewrap is installed) and through the real `evolve` loop
 with a scripted LLM sending the whole file.
 

@@ -199,11 +199,17 @@ def test_evolve_confirms_no_cheat_sent_by_the_llm(tmp_path):
             "[stop]\ngenerations = 1\n"
             "+++\n\nLower val_bpb on the CPU within the budget.\n"
         )
-        env = dict(os.environ, EVOLVE_DATA=str(data), OPENAI_API_KEY="not-needed-locally")
+        # The root is the tests' tiny model (seconds to train even on a busy machine):
+        # evolve takes train_template.py from the first directory on its path, here cwd.
+        project = tmp_path / "project"
+        project.mkdir()
+        (project / "train_template.py").write_text(HONEST)
+        env = dict(os.environ, EVOLVE_DATA=str(data), OPENAI_API_KEY="not-needed-locally",
+                   PYTHONPATH=str(ROOT))
         proc = subprocess.run(
             [sys.executable, "-m", "population.cli", "--program", str(program),
              "--run-dir", str(tmp_path / "run"), "--devices", "cpu"],
-            cwd=ROOT, env=env, capture_output=True, text=True, timeout=1200, check=False,
+            cwd=project, env=env, capture_output=True, text=True, timeout=1200, check=False,
         )
         assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
         assert len(llm.requests) >= len(LOOP_CHEATS)
@@ -223,3 +229,6 @@ def test_evolve_confirms_no_cheat_sent_by_the_llm(tmp_path):
         assert child.id not in archived
     root = [c for c in candidates if c.parent_id is None]
     assert archived == {root[0].id}
+    root_py = subprocess.run(["git", "show", f"{root[0].commit}:train.py"], cwd=tmp_path / "run",
+                             capture_output=True, text=True, check=True).stdout
+    assert root_py == HONEST

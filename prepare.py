@@ -7,8 +7,10 @@ root commit. It has two audiences:
   `TrainLoader`, `BudgetClock`, `save_for_eval()`, `print_summary()`. It sees only the
   train split.
 - the arena's evaluator uses the evaluation primitives: `load_split()`,
-  `evaluate_bpb()`, `causality_probe()`. The validation and test splits live in their
-  own directory (`eval/`) so that the sandbox can hide them from candidates.
+  `evaluate_bpb()`, `causality_probe()`, `target_log_probs()` (every number, the score
+  and every behaviour check, is computed from log-probabilities, never raw logits). The
+  validation and test splits live in their own directory (`eval/`) so that the sandbox
+  can hide them from candidates; they are capped on text, the same for every tokenizer.
 
 As a script (`python prepare.py`, the same as `evolve prepare`) it builds the data
 cache: the embedded KJV corpus by default, `--text PATH` for your own text, or
@@ -25,6 +27,7 @@ import json
 import math
 import os
 import random
+import secrets
 import shutil
 import sys
 import time
@@ -40,10 +43,14 @@ SEQ_LEN = 256  # evaluation context length; a model must accept T <= SEQ_LEN
 SPLIT_SEED = 1337  # which documents go to val / test
 VAL_FRACTION = 0.05  # of the corpus bytes, by whole documents
 TEST_FRACTION = 0.05
-MAX_EVAL_TOKENS = 1 << 17  # each evaluation split is capped to this many tokens (CPU cost)
+MAX_EVAL_BYTES = 1 << 17  # each evaluation split is capped to this much text (CPU cost)
+DOC_SEPARATOR = "\n\n"  # joins documents in every split, as plain text for every tokenizer
+LOGIT_LIMIT = 1000.0  # |logit| above this is refused (absurd; keeps float32 rounding < 1e-4)
+CHECK_TOLERANCE = 1e-3  # nats: how far a log-probability may move in a behaviour check
+CACHE_FORMAT = 2  # bump when the cache's layout or the eval splits' construction changes
 WARMUP_STEPS = 3  # steps not counted by the budget clock (compile, allocator warm-up)
 DEFAULT_BUDGET_S = 60.0
-EOT = "<|endoftext|>"  # the one special token of the BPE tokenizer (0 bytes, not scored)
+EOT = "<|endoftext|>"  # the BPE tokenizer's special token (0 bytes; not used in the data)
 
 CLIMBMIX_URL = "https://huggingface.co/datasets/karpathy/climbmix-400b-shuffle/resolve/main"
 CLIMBMIX_VAL_SHARD = 6542
@@ -156,13 +163,23 @@ def _read_manifest(data_dir: Path) -> dict:
         raise HarnessError(f"corrupt data cache at {data_dir} ({exc}); run `python prepare.py --force`")
     if not manifest.get("complete"):
         raise HarnessError(f"data cache at {data_dir} is incomplete; run `python prepare.py --force`")
+    if manifest.get("format") != CACHE_FORMAT:
+        raise HarnessError(f"data cache at {data_dir} was built by an older prepare.py "
+                           "(its evaluation splits differ); run `python prepare.py --force`")
     return manifest
 
 
 def load_meta(data_dir: Path | None = None) -> DataMeta:
+    """The cache's tokenizer and sizes. tokenizer.json (its token_bytes set every byte
+    count) is checked against the manifest's hash on every load."""
     data_dir = Path(data_dir or default_data_dir())
     manifest = _read_manifest(data_dir)
-    tok = json.loads((data_dir / "tokenizer.json").read_text())
+    path = data_dir / "tokenizer.json"
+    entry = manifest["files"].get("tokenizer.json")
+    if entry is None or not path.exists() or _sha256(path) != entry["sha256"]:
+        raise HarnessError(f"{path} is missing or fails its hash check (corrupt cache); "
+                           "run `python prepare.py --force`")
+    tok = json.loads(path.read_text())
     return DataMeta(
         data_dir=data_dir,
         source=manifest["source"],
@@ -195,8 +212,7 @@ def load_split(split: str, data_dir: Path | None = None, verify: bool | None = N
         raise HarnessError(f"{path} has the wrong size (corrupt cache); run `python prepare.py --force`")
     if (split != "train" if verify is None else verify) and _sha256(path) != entry["sha256"]:
         raise HarnessError(f"{path} fails its hash check (corrupt cache); run `python prepare.py --force`")
-    tokens = np.memmap(path, dtype=np.uint16, mode="r")
-    return tokens if split == "train" else tokens[:MAX_EVAL_TOKENS]
+    return np.memmap(path, dtype=np.uint16, mode="r")
 
 
 # ---------------------------------------------------------------------------
@@ -400,12 +416,36 @@ def split_documents(docs: list[str]) -> dict[str, list[str]]:
     return splits
 
 
+def cap_documents(docs: list[str], max_bytes: int = MAX_EVAL_BYTES) -> list[str]:
+    """The first documents of an evaluation split, whole, up to `max_bytes` of UTF-8 text
+    (separators included); the document that crosses the cap is cut at its last line
+    break before it (or at the cap). The cap is on text, not tokens, so every tokenizer
+    scores the same documents."""
+    out: list[str] = []
+    left = max_bytes
+    for doc in docs:
+        size = len(doc.encode("utf-8")) + len(DOC_SEPARATOR)
+        if size <= left:
+            out.append(doc)
+            left -= size
+            continue
+        head = doc.encode("utf-8")[: max(0, left - len(DOC_SEPARATOR))].decode("utf-8", errors="ignore")
+        cut = head.rfind("\n")
+        head = head[: cut + 1] if cut > 0 else head
+        if head.strip():
+            out.append(head)
+        break
+    return out
+
+
 def _encode_documents(tok: Tokenizer, docs: list[str]) -> np.ndarray:
-    sep = tok.encode("\n\n") if tok.kind == "byte" else np.asarray([tok.bpe.token_to_id(EOT)], np.uint16)
+    """Each document preceded by DOC_SEPARATOR, encoded as text by every tokenizer, so a
+    byte and a BPE cache hold the same bytes and both score the separators."""
+    sep = tok.encode(DOC_SEPARATOR)
     parts = []
     for doc in docs:
-        parts.append(tok.encode(doc))
         parts.append(sep)
+        parts.append(tok.encode(doc))
     return np.concatenate(parts).astype(np.uint16)
 
 
@@ -432,10 +472,9 @@ def build_cache(
     (tmp / "train").mkdir(parents=True)
     (tmp / "eval").mkdir()
     files, split_tokens = {}, {}
+    splits = {s: d if s == "train" else cap_documents(d) for s, d in splits.items()}
     for split, split_docs in splits.items():
         tokens = _encode_documents(tok, split_docs)
-        if split != "train":
-            tokens = tokens[:MAX_EVAL_TOKENS]
         path = _split_path(tmp, split)
         tokens.tofile(path)
         files[str(path.relative_to(tmp))] = {"bytes": path.stat().st_size, "sha256": _sha256(path)}
@@ -445,7 +484,11 @@ def build_cache(
     )
     if tok.bpe is not None:
         tok.bpe.save(str(tmp / "bpe.json"))
+    for name in ("tokenizer.json", "bpe.json"):
+        if (tmp / name).exists():
+            files[name] = {"bytes": (tmp / name).stat().st_size, "sha256": _sha256(tmp / name)}
     manifest = {
+        "format": CACHE_FORMAT,
         "source": source,
         "tokenizer": tok.kind,
         "vocab_size": tok.vocab_size,
@@ -464,6 +507,10 @@ def build_cache(
 
 
 def verify_cache(data_dir: Path) -> None:
+    load_meta(data_dir)
+    bpe = _read_manifest(data_dir)["files"].get("bpe.json")
+    if bpe is not None and _sha256(data_dir / "bpe.json") != bpe["sha256"]:
+        raise HarnessError(f"{data_dir / 'bpe.json'} fails its hash check; run `python prepare.py --force`")
     for split in ("train", "val", "test"):
         load_split(split, data_dir, verify=True)
 
@@ -574,6 +621,36 @@ def print_summary(stats: dict) -> None:
 # Evaluation primitives (the arena's evaluator; harness-side cross-entropy)
 
 
+class LogitError(HarnessError):
+    """The model's logits are outside what the harness accepts (absurdly large)."""
+
+
+class NonFiniteLogits(LogitError):
+    """The model's logits hold NaN or infinity."""
+
+
+def target_log_probs(logits, ids):
+    """log p(ids) under `logits`: logits [B, T, V] (any float dtype), ids [B, T, K] int64
+    -> float64 [B, T, K]. The score and every behaviour check use this, never raw logits,
+    so a constant offset or one huge logit changes nothing. Refuses non-finite logits and
+    any |logit| > LOGIT_LIMIT. Computed in float64, one row at a time (memory)."""
+    import torch
+
+    logits = logits.detach().to("cpu")
+    if not bool(torch.isfinite(logits).all()):
+        raise NonFiniteLogits("the model produced non-finite logits (NaN or inf)")
+    peak = float(logits.abs().max()) if logits.numel() else 0.0
+    if peak > LOGIT_LIMIT:
+        raise LogitError(f"the model produced a logit of magnitude {peak:.3g}; logits must lie within "
+                         f"+-{LOGIT_LIMIT:g} (a constant offset does not change the softmax: drop it)")
+    ids = torch.as_tensor(ids, dtype=torch.int64)
+    out = torch.empty(ids.shape, dtype=torch.float64)
+    for r in range(logits.shape[0]):
+        row = logits[r].to(torch.float64)
+        out[r] = row.gather(-1, ids[r]) - torch.logsumexp(row, dim=-1, keepdim=True)
+    return out
+
+
 @dataclass(frozen=True)
 class BpbResult:
     bpb: float
@@ -582,38 +659,59 @@ class BpbResult:
     n_tokens: int
 
 
+def eval_windows(n_tokens: int, seq_len: int) -> list[tuple[int, int]]:
+    """(start, skip) of the windows that score every target of a split exactly once:
+    window tokens[start : start + seq_len + 1] scores its targets from position `skip`
+    on. Non-overlapping windows, then one last window ending at the split's end whose
+    first `skip` targets were already scored (so the tail is scored too)."""
+    if n_tokens < seq_len + 1:
+        raise HarnessError(f"evaluation split has {n_tokens} tokens, fewer than seq_len + 1 = {seq_len + 1}")
+    n_full = (n_tokens - 1) // seq_len
+    windows = [(k * seq_len, 0) for k in range(n_full)]
+    rest = (n_tokens - 1) - n_full * seq_len
+    if rest:
+        windows.append((n_tokens - 1 - seq_len, seq_len - rest))
+    return windows
+
+
 def evaluate_bpb(logits_fn, tokens: np.ndarray, token_bytes: np.ndarray, seq_len: int = SEQ_LEN,
-                 batch_size: int = 16, device: str = "cpu") -> BpbResult:
+                 batch_size: int = 16, device: str = "cpu", seed: int | None = None,
+                 observe=None) -> BpbResult:
     """Bits per byte of `tokens` under `logits_fn(idx[B, T]) -> logits[B, T, V]`.
 
-    Non-overlapping windows of seq_len; every target is scored once. Cross-entropy is
-    computed here, in float32, chunk by chunk; targets that are special tokens (0 bytes)
-    count in neither sum, so the figure does not depend on the vocabulary."""
+    Every target of the split is scored exactly once (`eval_windows`). The windows are
+    shuffled (by `seed`; a secret random one when None), so the rows of a batch are
+    unrelated text: no row holds another row's targets. Cross-entropy is computed here
+    from float64 log-probabilities (`target_log_probs`); targets that are special tokens
+    (0 bytes) count in neither sum, so the figure does not depend on the vocabulary.
+    `observe(x, y, scored, logits)` (optional) sees each batch after it is scored."""
     import torch
 
-    n_windows = (len(tokens) - 1) // seq_len
-    if n_windows < 1:
-        raise HarnessError(f"evaluation split has {len(tokens)} tokens, fewer than seq_len {seq_len}")
+    windows = eval_windows(len(tokens), seq_len)
+    random.Random(secrets.randbits(64) if seed is None else seed).shuffle(windows)
     tb = torch.as_tensor(np.asarray(token_bytes), dtype=torch.float64)
-    flat = np.asarray(tokens[: n_windows * seq_len + 1], dtype=np.int64)
+    flat = np.asarray(tokens, dtype=np.int64)
     total_nats, total_bytes, total_tokens = 0.0, 0.0, 0
     with torch.no_grad():
-        for start in range(0, n_windows, batch_size):
-            rows = range(start, min(start + batch_size, n_windows))
-            chunk = np.stack([flat[r * seq_len : r * seq_len + seq_len + 1] for r in rows])
-            x = torch.from_numpy(chunk[:, :-1]).to(device)
-            y = torch.from_numpy(chunk[:, 1:])
-            logits = logits_fn(x)
+        for first in range(0, len(windows), batch_size):
+            batch = windows[first : first + batch_size]
+            chunk = torch.from_numpy(np.stack([flat[s : s + seq_len + 1] for s, _ in batch]))
+            x, y = chunk[:, :-1].contiguous(), chunk[:, 1:].contiguous()
+            counted = torch.zeros(x.shape, dtype=torch.bool)
+            for row, (_, skip) in enumerate(batch):
+                counted[row, skip:] = True
+            logits = logits_fn(x.to(device))
             if tuple(logits.shape[:2]) != tuple(x.shape) or logits.shape[-1] != len(tb):
                 raise HarnessError(f"logits have shape {tuple(logits.shape)}, expected "
                                    f"[{x.shape[0]}, {x.shape[1]}, {len(tb)}]")
-            logp = torch.log_softmax(logits.detach().to("cpu", torch.float32), dim=-1)
-            nats = -logp.gather(-1, y.unsqueeze(-1)).squeeze(-1).double()
-            weight = tb[y]
+            nats = -target_log_probs(logits, y.unsqueeze(-1)).squeeze(-1)
+            weight = tb[y] * counted
             scored = weight > 0
             total_nats += float(nats[scored].sum())
             total_bytes += float(weight.sum())
             total_tokens += int(scored.sum())
+            if observe is not None:
+                observe(x, y, counted, logits)
     bpb = total_nats / (math.log(2) * total_bytes)
     return BpbResult(bpb=bpb, nats=total_nats, n_bytes=int(total_bytes), n_tokens=total_tokens)
 
@@ -626,28 +724,44 @@ class ProbeResult:
 
 
 def causality_probe(logits_fn, vocab_size: int, seq_len: int = SEQ_LEN, device: str = "cpu",
-                    seed: int = 0, cuts: int = 4, tolerance: float = 1e-3) -> ProbeResult:
-    """Change every token after a cut and check that no logit at or before the cut
-    moves (beyond float noise). Cut points are random per seed, so a model cannot
-    special-case them."""
+                    seed: int = 0, tolerance: float = CHECK_TOLERANCE, check_fn=None) -> ProbeResult:
+    """Random tokens, three rows, changed six times: each time one row keeps its tokens up
+    to a random cut (secret per seed), one row is replaced whole (position 0 too) and one
+    is kept whole, each row in each role twice (every ordered pair of rows). The
+    log-probabilities of the cut row up to its cut and of the kept row at every position
+    must not move by more than `tolerance` nats (absolute), so a look-ahead and a leak
+    from another row are both caught. The changed inputs go to `check_fn` (default
+    `logits_fn`): the arena passes a fresh model process that never saw the original,
+    so a model that remembers its answers cannot pass."""
+    import itertools
+
     import torch
 
+    check_fn = check_fn or logits_fn
     g = torch.Generator().manual_seed(seed)
-    base = torch.randint(0, vocab_size, (2, seq_len), generator=g)
+    base = torch.randint(0, vocab_size, (3, seq_len), generator=g)
+    nxt = torch.cat([base[:, 1:], torch.randint(0, vocab_size, (3, 1), generator=g)], dim=1)
+    extra = torch.randint(0, vocab_size, (1, 1, 31), generator=g).expand(3, seq_len, 31)
+    ids = torch.cat([nxt.unsqueeze(-1), extra], dim=-1)
+    roles = list(itertools.permutations(range(3)))
+    order = torch.randperm(len(roles), generator=g).tolist()
     worst, bad = 0.0, None
     with torch.no_grad():
-        ref = logits_fn(base.to(device)).detach().to("cpu", torch.float32)
-        scale = max(1.0, float(ref.abs().max()))
-        for cut in torch.randint(1, seq_len - 1, (cuts,), generator=g).tolist():
+        ref = target_log_probs(logits_fn(base.to(device)), ids)
+        for cut_row, whole_row, kept_row in (roles[i] for i in order):
+            cut = int(torch.randint(0, seq_len - 1, (1,), generator=g))
             changed = base.clone()
-            changed[:, cut + 1 :] = torch.randint(0, vocab_size, (2, seq_len - cut - 1), generator=g)
-            out = logits_fn(changed.to(device)).detach().to("cpu", torch.float32)
-            diff = (out[:, : cut + 1] - ref[:, : cut + 1]).abs().amax(dim=(0, 2))
-            change = float(diff.max()) / scale
-            if change > worst:
-                worst = change
-            if change > tolerance:
-                first = int(torch.nonzero(diff / scale > tolerance)[0])
+            changed[cut_row, cut + 1 :] = torch.randint(0, vocab_size, (seq_len - cut - 1,), generator=g)
+            changed[whole_row] = torch.randint(0, vocab_size, (seq_len,), generator=g)
+            out = target_log_probs(check_fn(changed.to(device)), ids)
+            diff = (out - ref).abs().amax(dim=-1)  # [3, T]
+            compared = torch.zeros(3, seq_len, dtype=torch.bool)
+            compared[cut_row, : cut + 1] = True
+            compared[kept_row] = True
+            diff = torch.where(compared, diff, torch.zeros_like(diff))
+            worst = max(worst, float(diff.max()))
+            if float(diff.max()) > tolerance:
+                first = int(torch.nonzero(diff > tolerance)[:, 1].min())
                 bad = first if bad is None else min(bad, first)
     return ProbeResult(ok=bad is None, max_change=worst, first_bad_position=bad)
 

@@ -6,21 +6,31 @@ without running its `__main__`, rebuilds the model with `build_model(**build.jso
 loads `model.pt` with `weights_only=True`), then talks to it over a pipe: token ids go
 out, logits come back. Everything that is measured is computed here, with the
 harness's own functions from a trusted copy of prepare.py (the root commit's, never the
-worktree's):
-- `prepare.causality_probe` on random tokens, with a secret random seed;
-- `prepare.evaluate_bpb` on the validation split, then on the sealed test split; while
-  they run, some batches (chosen at random, always including the first) are sent a
-  second time with every token after a random cut replaced by real text from elsewhere
-  in the split, and the logits up to the cut must not move: a model that is causal only
-  on random tokens is caught on real text too;
-- the first batch is sent again at the end and must give the same logits (a model
-  that keeps state between calls is refused).
-Non-finite logits give `nan`; a worker that fails to import, build, load or answer in
-time gives `contract_error`; failed causality checks give `causality_violation`.
+worktree's), always on log-probabilities (`prepare.target_log_probs`: float64, absurd
+logits refused), never on raw logits:
+- the scorer (the first worker) answers `prepare.evaluate_bpb` on the validation split,
+  then on the sealed test split; the windows of each batch are unrelated text, shuffled
+  with a secret seed. While it scores, CHECK_ROWS_PER_SPLIT windows per split (chosen at
+  random among all its batches) are kept for checking, with the scorer's answers;
+- the scorer then answers the base input of `prepare.causality_probe` (random tokens,
+  a secret seed) and is closed;
+- a second, fresh worker (the checker: it never saw an original input; started early
+  when two models fit the memory ceiling) answers the probe's changed inputs, then the
+  kept windows, shuffled into new batches in a secret order: in each, one window whole,
+  every other one with the tokens after a random cut replaced by text from the TRAIN
+  split. At every compared position (the whole kept window; the others up to their
+  cut) the log-probabilities of the scored targets and of a few secret token ids must
+  agree with the scorer's within `prepare.CHECK_TOLERANCE` nats. A model that looks ahead, reads other rows,
+  keeps state between calls, remembers its answers, or behaves differently when it
+  detects a check cannot reproduce the scorer's numbers without the text it peeked at.
+Non-finite logits give `nan`; absurd logits (|logit| > prepare.LOGIT_LIMIT) and a worker
+that fails to import, build, load or answer in time give `contract_error`; failed
+checks give `causality_violation`.
 
-It writes one JSON object to `--result`: status, message, val_bpb, test_bpb, probe.
-What it does not do: train, trust any number the candidate wrote, or let the worker
-see the test targets other than as the inputs every language model is given.
+It writes one JSON object to `--result`: status, message, val_bpb, test_bpb, probe and
+timings (ready_seconds, score_seconds, check_seconds, eval_seconds). What it does not
+do: train, trust any number the candidate wrote, or send the worker any text of the
+evaluation splits besides the inputs it scores (check text comes from the train split).
 """
 
 from __future__ import annotations
@@ -37,6 +47,7 @@ import struct
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
 
@@ -44,8 +55,8 @@ log = logging.getLogger(__name__)
 
 U32 = struct.Struct("<I")
 WORKER = Path(__file__).resolve().parent / "eval_worker.py"
-SPOT_RATE = 0.1  # share of evaluation batches that are also sent perturbed
-TOLERANCE = 1e-3  # the harness probe's tolerance, relative to the largest logit
+CHECK_ROWS_PER_SPLIT = 64  # scored windows per split that the fresh checker re-answers
+SECRET_IDS = 7  # token ids per position compared besides the target (chosen at random)
 
 
 class WorkerError(Exception):
@@ -57,7 +68,7 @@ class NonFinite(Exception):
 
 
 class NotCausal(Exception):
-    """The model's logits depend on future tokens or on earlier calls."""
+    """The model's log-probabilities depend on future tokens, other rows or earlier calls."""
 
 
 def load_trusted_prepare(path: Path) -> ModuleType:
@@ -69,8 +80,8 @@ def load_trusted_prepare(path: Path) -> ModuleType:
 
 
 class ModelProxy:
-    """`logits_fn` for the harness: forwards token ids to the worker and checks what
-    comes back (shape, dtype, finiteness) before the harness sees it."""
+    """`logits_fn` for the harness: forwards token ids to one worker process and checks
+    what comes back (shape, dtype, finiteness) before the harness sees it."""
 
     def __init__(self, proc: subprocess.Popen, vocab_size: int, deadline: float) -> None:
         self.proc = proc
@@ -151,61 +162,142 @@ class ModelProxy:
                 self.proc.wait()
 
 
-class SpotChecked:
-    """Wraps the proxy during evaluate_bpb: re-sends some batches with their suffix
-    replaced by other real text and compares the logits up to the cut."""
+class FreshWorker:
+    """`logits_fn` backed by a worker process that never saw what the scorer was sent.
+    It is started early by `prestart()` (its start-up then overlaps the scoring) or else
+    on the first call; `before` runs at the first call (the evaluator closes the scorer
+    there, so a late-started checker never shares the memory ceiling with it)."""
 
-    def __init__(self, fn, tokens, rng: random.Random, rate: float = SPOT_RATE) -> None:
-        import numpy as np
+    def __init__(self, start, before=None) -> None:
+        self.start = start
+        self.before = before
+        self.proxy: ModelProxy | None = None
+        self.ready = False
+        self.started_early = False
+        self.wait_seconds: float | None = None
 
-        self.fn = fn
-        self.tokens = np.asarray(tokens, dtype=np.int64)
-        self.rng = rng
-        self.rate = rate
-        self.checks = 0
-        self.first: tuple | None = None
+    def prestart(self) -> None:
+        if self.proxy is None:
+            self.proxy = self.start()
+            self.started_early = True
 
     def __call__(self, idx):
+        if not self.ready:
+            if self.before is not None:
+                self.before()
+            t0 = time.monotonic()
+            if self.proxy is None:
+                self.proxy = self.start()
+            self.proxy.wait_ready()
+            self.ready = True
+            self.wait_seconds = time.monotonic() - t0
+        return self.proxy(idx)
+
+    @property
+    def calls(self) -> int:
+        return self.proxy.calls if self.proxy is not None else 0
+
+    def close(self) -> None:
+        if self.proxy is not None:
+            self.proxy.close()
+
+
+@dataclass(frozen=True)
+class ScoredRow:
+    """One scored window, kept for the checker, and what the scorer said of it."""
+
+    split: str
+    x: object  # int64 [T]: the window's inputs
+    ids: object  # int64 [T, 1 + SECRET_IDS]: its targets, then secret token ids
+    expected: object  # float64 [T, 1 + SECRET_IDS]: the scorer's log-probabilities of ids
+
+
+class BehaviourChecks:
+    """`observe` for `prepare.evaluate_bpb`: keeps randomly chosen scored rows (windows)
+    of every split; `run` sends them to a fresh worker, shuffled into new batches in a
+    secret order (every row among rows of other batches, so its neighbours differ from
+    the scorer's, position 0 included). In each check batch one row is sent whole and
+    compared at every position; every other row keeps its tokens up to a random cut,
+    gets train-split text after it and is compared up to the cut."""
+
+    def __init__(self, prepare: ModuleType, train_tokens, vocab_size: int,
+                 rng: random.Random, tolerance: float) -> None:
+        import numpy as np
+
+        self.prepare = prepare
+        self.train = np.asarray(train_tokens)
+        self.vocab_size = vocab_size
+        self.rng = rng
+        self.tolerance = tolerance
+        self.rows: list[ScoredRow] = []
+        self.split = ""
+        self.chosen: set[int] = set()
+        self.seen = 0
+
+    def start_split(self, split: str, n_windows: int, n_rows: int) -> None:
+        """The next windows scored belong to `split`; keep `n_rows` of them at random."""
+        self.split, self.seen = split, 0
+        self.chosen = set(self.rng.sample(range(n_windows), min(n_rows, n_windows)))
+
+    def __call__(self, x, y, counted, logits) -> None:
         import torch
 
-        out = self.fn(idx)
-        if self.first is None:
-            self.first = (idx.clone(), out.clone())
-        b, t = idx.shape
-        if t >= 3 and (self.checks == 0 or self.rng.random() < self.rate):
-            cut = self.rng.randrange(1, t - 1)
-            changed = idx.clone()
-            for row in range(b):
-                start = self.rng.randrange(0, max(1, len(self.tokens) - t))
-                changed[row, cut + 1 :] = torch.from_numpy(
-                    self.tokens[start + cut + 1 : start + t].copy()
-                )
-            if torch.equal(changed[:, cut + 1 :], idx[:, cut + 1 :]):
-                changed[:, -1] = (changed[:, -1] + 1) % max(2, int(self.fn.vocab_size))
-            again = self.fn(changed)
-            scale = max(1.0, float(out.abs().max()))
-            diff = (again[:, : cut + 1] - out[:, : cut + 1]).abs().amax(dim=(0, 2)) / scale
-            if float(diff.max()) > TOLERANCE:
-                first = int(torch.nonzero(diff > TOLERANCE)[0])
-                raise NotCausal(
-                    f"on real text, logits at position {first} changed when tokens after "
-                    f"position {cut} changed (max change {float(diff.max()):.3g})"
-                )
-            self.checks += 1
-        return out
-
-    def replay_first(self) -> None:
-        if self.first is None:
+        b, t = x.shape
+        rows = [r for r in range(b) if self.seen + r in self.chosen]
+        self.seen += b
+        if not rows:
             return
-        idx, out = self.first
-        again = self.fn(idx)
-        scale = max(1.0, float(out.abs().max()))
-        change = float((again - out).abs().max()) / scale
-        if change > TOLERANCE:
-            raise NotCausal(
-                f"the same input gave different logits on a later call (change "
-                f"{change:.3g}): the model keeps state between calls"
-            )
+        k = min(SECRET_IDS, self.vocab_size)
+        extra = torch.tensor([self.rng.sample(range(self.vocab_size), k) for _ in rows])
+        ids = torch.cat([y[rows].unsqueeze(-1), extra[:, None, :].expand(len(rows), t, k)], dim=-1)
+        expected = self.prepare.target_log_probs(logits[rows], ids)
+        for i, r in enumerate(rows):
+            self.rows.append(ScoredRow(self.split, x[r].clone(), ids[i].clone(), expected[i]))
+
+    def _train_text(self, n: int):
+        import torch
+
+        start = self.rng.randrange(0, max(1, len(self.train) - n))
+        return torch.from_numpy(self.train[start : start + n].astype("int64"))
+
+    def run(self, logits_fn, batch_size: int) -> int:
+        """Send every kept row to `logits_fn` (the fresh checker); returns the number of
+        rows checked. Raises NotCausal at the first disagreement."""
+        import torch
+
+        self.rng.shuffle(self.rows)
+        for first in range(0, len(self.rows), batch_size):
+            group = self.rows[first : first + batch_size]
+            t = group[0].x.shape[0]
+            kept = self.rng.randrange(len(group))
+            changed = torch.stack([row.x for row in group])
+            compared = torch.zeros(changed.shape, dtype=torch.bool)
+            cuts = []
+            for i in range(len(group)):
+                cut = t - 1 if i == kept else self.rng.randrange(0, t - 1)
+                if cut < t - 1:
+                    changed[i, cut + 1 :] = self._train_text(t - cut - 1)
+                compared[i, : cut + 1] = True
+                cuts.append(cut)
+            ids = torch.stack([row.ids for row in group])
+            got = self.prepare.target_log_probs(logits_fn(changed), ids)
+            diff = (got - torch.stack([row.expected for row in group])).abs().amax(dim=-1)
+            diff[~compared] = 0.0
+            worst = float(diff.max())
+            if worst > self.tolerance:
+                i, pos = (int(v) for v in (diff > self.tolerance).nonzero()[0])
+                what = (
+                    "with other rows beside it"
+                    if cuts[i] == t - 1
+                    else f"with other rows beside it and its tokens after position {cuts[i]} changed"
+                )
+                raise NotCausal(
+                    f"on real text ({group[i].split} split), the log-probabilities at position "
+                    f"{pos} of a scored row moved by {worst:.3g} nats when a fresh model process "
+                    f"was sent it {what}: a position may depend only on its own row's earlier "
+                    "tokens (no look-ahead, no other rows, no state kept between calls)"
+                )
+        return len(self.rows)
 
 
 def start_worker(args, sandbox) -> subprocess.Popen:
@@ -242,6 +334,22 @@ def start_worker(args, sandbox) -> subprocess.Popen:
     )
 
 
+def room_for_two(proc: subprocess.Popen, mem_limit_mb: int) -> bool:
+    """Whether a second model worker fits beside the scorer `proc` (its process tree's
+    resident memory, twice, plus this process) under 70% of the memory ceiling that the
+    supervisor enforces on the evaluator's tree."""
+    import psutil
+
+    try:
+        me = psutil.Process()
+        worker = psutil.Process(proc.pid)
+        tree = [worker, *worker.children(recursive=True)]
+        rss = sum(p.memory_info().rss for p in tree)
+        return 2 * rss + me.memory_info().rss < 0.7 * mem_limit_mb * 2**20
+    except psutil.Error:
+        return False
+
+
 def run(args) -> dict:
     from arena.sandbox import Sandbox
 
@@ -254,16 +362,47 @@ def run(args) -> dict:
     torch.set_num_threads(max(1, args.threads))
     prepare = load_trusted_prepare(Path(args.prepare))
     meta = prepare.load_meta(Path(args.data))
-    val_tokens = prepare.load_split("val", Path(args.data))
-    test_tokens = prepare.load_split("test", Path(args.data))
-    proxy = ModelProxy(proc, meta.vocab_size, deadline)
+    splits = {s: prepare.load_split(s, Path(args.data)) for s in ("val", "test")}
+    train_tokens = prepare.load_split("train", Path(args.data))
+    scorer = ModelProxy(proc, meta.vocab_size, deadline)
+    checker = FreshWorker(
+        lambda: ModelProxy(start_worker(args, sandbox), meta.vocab_size, deadline),
+        before=scorer.close,
+    )
     rng = random.Random(secrets.randbits(64))
+    checks = BehaviourChecks(
+        prepare, train_tokens, meta.vocab_size, rng, prepare.CHECK_TOLERANCE
+    )
     result: dict = {"status": "evaluated", "message": "ok", "val_bpb": None, "test_bpb": None}
     try:
-        proxy.wait_ready()
+        scorer.wait_ready()
         result["ready_seconds"] = time.monotonic() - t0  # worker started, model loaded
+        if room_for_two(proc, args.mem_limit_mb):
+            checker.prestart()  # its start-up overlaps the scoring
+        t_score = time.monotonic()
+        for split, tokens in splits.items():
+            n_windows = len(prepare.eval_windows(len(tokens), prepare.SEQ_LEN))
+            checks.start_split(split, n_windows, CHECK_ROWS_PER_SPLIT)
+            bpb = prepare.evaluate_bpb(
+                scorer,
+                tokens,
+                meta.token_bytes,
+                prepare.SEQ_LEN,
+                batch_size=args.batch_size,
+                device="cpu",
+                seed=rng.randrange(2**63),
+                observe=checks,
+            )
+            result[f"{split}_bpb"] = bpb.bpb
+            result[f"{split}_tokens"] = bpb.n_tokens
+            result[f"{split}_bytes"] = bpb.n_bytes
+        result["score_seconds"] = time.monotonic() - t_score
+        t_check = time.monotonic()
+        # the probe's base input goes to the scorer; its changed inputs, like the kept
+        # batches, to the fresh checker (started on its first call, after the scorer closed)
         probe = prepare.causality_probe(
-            proxy, meta.vocab_size, prepare.SEQ_LEN, "cpu", seed=rng.randrange(2**31)
+            scorer, meta.vocab_size, prepare.SEQ_LEN, "cpu", seed=rng.randrange(2**31),
+            check_fn=checker,
         )
         result["probe"] = {
             "ok": probe.ok,
@@ -273,33 +412,25 @@ def run(args) -> dict:
         if not probe.ok:
             raise NotCausal(
                 f"logits at position {probe.first_bad_position} changed when later "
-                f"tokens changed (max relative change {probe.max_change:.3g}); "
-                "attention must be causal"
+                f"tokens changed (log-probabilities moved by {probe.max_change:.3g} nats, "
+                "answered by a fresh model process); attention must be causal and each "
+                "row independent of the others"
             )
-        for split, tokens in (("val", val_tokens), ("test", test_tokens)):
-            checked = SpotChecked(proxy, tokens, rng)
-            bpb = prepare.evaluate_bpb(
-                checked,
-                tokens,
-                meta.token_bytes,
-                prepare.SEQ_LEN,
-                batch_size=args.batch_size,
-                device="cpu",
-            )
-            checked.replay_first()
-            result[f"{split}_bpb"] = bpb.bpb
-            result[f"{split}_tokens"] = bpb.n_tokens
-            result[f"{split}_spot_checks"] = checked.checks
+        result["checked_rows"] = checks.run(checker, args.batch_size)
+        result["check_seconds"] = time.monotonic() - t_check
+        result["checker_started_early"] = checker.started_early
+        result["checker_wait_seconds"] = checker.wait_seconds  # waited for it to be ready
     except NotCausal as exc:
         result.update(status="causality_violation", message=str(exc), val_bpb=None, test_bpb=None)
-    except NonFinite as exc:
+    except (NonFinite, prepare.NonFiniteLogits) as exc:
         result.update(status="nan", message=str(exc), val_bpb=None, test_bpb=None)
     except (WorkerError, prepare.HarnessError) as exc:
         result.update(status="contract_error", message=str(exc), val_bpb=None, test_bpb=None)
     finally:
-        proxy.close()
+        scorer.close()
+        checker.close()
     result["eval_seconds"] = time.monotonic() - t0
-    result["model_calls"] = proxy.calls
+    result["model_calls"] = scorer.calls + checker.calls
     return result
 
 

@@ -36,7 +36,7 @@ def test_cache_layout_keeps_eval_splits_apart(tmp_path):
     assert sorted(p.name for p in (data / "eval").iterdir()) == ["test.bin", "val.bin"]
     manifest = json.loads((data / "manifest.json").read_text())
     assert manifest["complete"] is True
-    assert set(manifest["files"]) == {"train/tokens.bin", "eval/val.bin", "eval/test.bin"}
+    assert set(manifest["files"]) == {"train/tokens.bin", "eval/val.bin", "eval/test.bin", "tokenizer.json"}
     assert all(meta.split_tokens[s] > 0 for s in ("train", "val", "test"))
     assert not list(tmp_path.glob("data.partial-*"))
 
@@ -157,8 +157,7 @@ def test_bpb_of_uniform_model_is_log2_vocab_per_token(tmp_path):
     bpe_tokens = prepare.load_split("val", tmp_path / "bpe" / "data")
     r = prepare.evaluate_bpb(UniformModel(300), bpe_tokens, bpe_meta.token_bytes, seq_len=32)
     assert r.nats / r.n_tokens == pytest.approx(math.log(300))
-    n_windows = (len(bpe_tokens) - 1) // 32
-    targets = np.asarray(bpe_tokens[1 : n_windows * 32 + 1], dtype=np.int64)
+    targets = np.asarray(bpe_tokens[1:], dtype=np.int64)  # every target, the tail too
     assert r.n_bytes == int(bpe_meta.token_bytes[targets].sum())
     assert r.bpb == pytest.approx(r.nats / (math.log(2) * r.n_bytes))
 
@@ -251,3 +250,140 @@ def test_template_trains_and_hands_over_a_loadable_model(tmp_path):
     bpb = prepare.evaluate_bpb(model, tokens, meta.token_bytes).bpb
     assert 0 < bpb < 8.0
     assert prepare.causality_probe(model, 256, seq_len=prepare.SEQ_LEN).ok
+
+
+# ---------------------------------------------------------------------------
+# Integrity of the metric (issue 8): same text for every tokenizer, log-probability
+# checks with an absolute tolerance, unrelated rows, a hashed tokenizer
+
+
+@pytest.mark.slow
+def test_byte_and_bpe_caches_score_the_same_text(tmp_path):
+    docs = [f"Book {i}\n" + f"Verse {i} of the harness, line by line.\n" * (10 + 3 * i) for i in range(30)]
+    byte = prepare.build_cache(tmp_path / "byte", docs, "text", "byte")
+    bpe = prepare.build_cache(tmp_path / "bpe", docs, "text", "bpe", 400)
+    from tokenizers import Tokenizer as HF
+
+    decoder = HF.from_file(str(tmp_path / "bpe" / "bpe.json"))
+    for split in ("val", "test"):
+        b_tokens = prepare.load_split(split, tmp_path / "byte")
+        p_tokens = prepare.load_split(split, tmp_path / "bpe")
+        text = bytes(np.asarray(b_tokens, dtype=np.uint8)).decode("utf-8")
+        assert decoder.decode(p_tokens.tolist(), skip_special_tokens=False) == text
+        assert len(text.encode()) <= prepare.MAX_EVAL_BYTES
+        rb = prepare.evaluate_bpb(UniformModel(256), b_tokens, byte.token_bytes, seq_len=32)
+        rp = prepare.evaluate_bpb(UniformModel(bpe.vocab_size), p_tokens, bpe.token_bytes, seq_len=32)
+        assert rb.bpb == pytest.approx(8.0)
+        # both score every byte but the first token's: separators count for both
+        first = int(bpe.token_bytes[p_tokens[0]])
+        assert rb.n_bytes == len(text.encode()) - 1 and rp.n_bytes == len(text.encode()) - first
+
+
+def test_eval_splits_are_capped_by_whole_documents_on_text():
+    docs = ["a" * 100 + "\n", "b" * 60 + "\nbb\n" + "b" * 60 + "\n", "c" * 10 + "\n"]
+    capped = prepare.cap_documents(docs, max_bytes=180)
+    assert capped[0] == docs[0] and capped[1] == "b" * 60 + "\nbb\n"  # cut at a line break
+    assert prepare.cap_documents(docs, max_bytes=10_000) == docs
+    assert sum(len(d) + len(prepare.DOC_SEPARATOR) for d in capped) <= 180
+
+
+def test_a_tampered_tokenizer_or_an_old_cache_is_refused(tmp_path):
+    build(tmp_path)
+    data = tmp_path / "data"
+    tok = json.loads((data / "tokenizer.json").read_text())
+    tok["token_bytes"][65] = 50  # more bytes per token: a lower bpb for free
+    (data / "tokenizer.json").write_text(json.dumps(tok))
+    with pytest.raises(prepare.HarnessError, match="tokenizer.json is missing or fails its hash"):
+        prepare.load_meta(data)
+    build(tmp_path)
+    manifest = json.loads((data / "manifest.json").read_text())
+    del manifest["format"]
+    (data / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(prepare.HarnessError, match="older prepare.py.*--force"):
+        prepare.load_meta(data)
+
+
+def test_every_target_is_scored_once_in_unrelated_rows():
+    windows = prepare.eval_windows(1000, 32)
+    scored = sorted(s + 1 + p for s, skip in windows for p in range(skip, 32))
+    assert scored == list(range(1, 1000))
+    seen = []
+    tokens = np.arange(1000, dtype=np.uint16) % 256
+    prepare.evaluate_bpb(UniformModel(256), tokens, np.ones(256), seq_len=32, batch_size=8,
+                         seed=5, observe=lambda x, y, counted, logits: seen.append(x[:, 0].tolist()))
+    starts = [s for batch in seen for s in batch]
+    assert starts != sorted(starts)  # shuffled: rows of a batch are not consecutive windows
+
+
+class Peeker(torch.nn.Module):
+    """Puts its mass on the next input token (a look-ahead), plus `offset` on every logit
+    and `spike` on token 0: the scale tricks that widened the old relative tolerance."""
+
+    def __init__(self, offset=0.0, spike=0.0, vocab=64):
+        super().__init__()
+        self.offset, self.spike, self.vocab = offset, spike, vocab
+
+    def forward(self, idx):
+        nxt = torch.roll(idx, -1, dims=1)
+        out = torch.nn.functional.one_hot(nxt, self.vocab).float() * 8 + self.offset
+        out[..., 0] += self.spike
+        return out
+
+
+def test_logit_scale_tricks_do_not_hide_a_look_ahead():
+    assert not prepare.causality_probe(Peeker(), 64, seq_len=32).ok
+    # a constant offset is harmless on its own: log-probabilities ignore it
+    assert prepare.causality_probe(lambda idx: torch.nn.functional.one_hot(idx, 64).float() + 500, 64,
+                                   seq_len=32).ok
+    for offset, spike in ((1e4, 0.0), (0.0, -1e7)):  # absurd: refused outright
+        with pytest.raises(prepare.LogitError, match="must lie within"):
+            prepare.causality_probe(Peeker(offset, spike), 64, seq_len=32)
+    for offset, spike in ((990.0, 0.0), (0.0, -990.0)):  # within the limit: still caught
+        probe = prepare.causality_probe(Peeker(offset, spike), 64, seq_len=32)
+        assert not probe.ok and probe.max_change > 1.0, (offset, spike)
+
+
+def test_absurd_and_non_finite_logits_are_refused():
+    ids = torch.zeros(1, 4, 1, dtype=torch.int64)
+    with pytest.raises(prepare.LogitError, match="magnitude 1e\\+07"):
+        prepare.target_log_probs(torch.full((1, 4, 8), -1e7), ids)
+    with pytest.raises(prepare.NonFiniteLogits):
+        prepare.target_log_probs(torch.full((1, 4, 8), float("nan")), ids)
+    lp = prepare.target_log_probs(torch.zeros(1, 4, 8) + 999.0, ids)
+    assert lp.dtype == torch.float64 and torch.allclose(lp, torch.full_like(lp, -math.log(8)))
+
+
+class Memoizer:
+    """Looks ahead, but answers any input whose rows start like one it has seen with the
+    answer it gave then: it passes every check made on the same process."""
+
+    def __init__(self):
+        self.memo = {}
+
+    def __call__(self, idx):
+        out = Peeker()(idx)
+        for r in range(idx.shape[0]):
+            for t in range(idx.shape[1]):
+                key = tuple(idx[r, : t + 1].tolist())
+                out[r, t] = self.memo.setdefault(key, out[r, t])
+        return out
+
+
+def test_a_memoizing_model_passes_on_one_process_and_fails_on_a_fresh_one():
+    memo = Memoizer()
+    assert prepare.causality_probe(memo, 64, seq_len=32, seed=3).ok  # the old arrangement
+    assert not prepare.causality_probe(Memoizer(), 64, seq_len=32, seed=3, check_fn=Memoizer()).ok
+
+
+class CrossRow(torch.nn.Module):
+    """Causal within a row, but row r's logits also see row r+1's first token."""
+
+    def forward(self, idx):
+        out = torch.nn.functional.one_hot(idx, 64).float()
+        out[:, -1] += torch.nn.functional.one_hot(torch.roll(idx[:, 0], -1), 64).float() * 8
+        return out
+
+
+def test_a_cross_row_leak_is_caught_at_the_last_position():
+    probe = prepare.causality_probe(CrossRow(), 64, seq_len=32)
+    assert not probe.ok and probe.first_bad_position == 31

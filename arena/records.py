@@ -87,6 +87,19 @@ def check_transition(old: Status, new: Status) -> None:
         raise ValueError(f"candidate status cannot go from {old.value} to {new.value}")
 
 
+class RunOutcome(str, enum.Enum):
+    """How a run ended, as the arena saw it (never a candidate status).
+
+    FINISHED: the run ended; `status` is the candidate's final status (evaluated or a
+    candidate failure). CANCELLED: stopped by cancel/close; the loop redoes it.
+    ARENA_ERROR: the arena itself failed, not the candidate; redone, never counted
+    against the candidate or its persona."""
+
+    FINISHED = "finished"
+    CANCELLED = "cancelled"
+    ARENA_ERROR = "arena_error"
+
+
 @dataclass(frozen=True)
 class RunRequest:
     """One training run of one candidate on one seed. The seed is chosen by the loop,
@@ -118,3 +131,4 @@ class RunResult:
     device_name: str = ""
     log_path: str = ""
     claimed: dict = field(default_factory=dict)
+    outcome: RunOutcome = RunOutcome.FINISHED

@@ -149,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
     print("greedy rows get exactly as many evaluations as the 'ours' row above them.")
     print(f"simulated landscape: root true val_bpb {root_true:.4f}; {args.trials} trials per row; "
           f"ours: {args.generations} generations x {args.population} children, seeds root {cfg.root_seeds} "
-          f"/ initial {cfg.initial_seeds} / max {cfg.max_seeds}, fdr {cfg.fdr}")
+          f"/ initial {cfg.initial_seeds} / max {cfg.max_seeds}, accept_p {cfg.accept_p}")
     print()
     print("| method                 | sigma | evals  | props  | no-better accepted | accepted that were no better "
           "| final true val_bpb | gain vs root |")

@@ -12,7 +12,7 @@ split the front); boxes are compared by Pareto dominance and each box keeps one 
 the one nearest its lower corner. The result does not depend on insertion order.
 
 What it does not do: statistics. Whether a child is really better than its parent is
-`population.noise`'s question; this module trusts the means it is given.
+`population.scoring`'s question; this module trusts the estimates it is given.
 """
 
 from __future__ import annotations
@@ -23,17 +23,32 @@ from dataclasses import dataclass, field
 
 @dataclass(frozen=True)
 class Point:
-    """A candidate as the archive sees it: means over its seeds."""
+    """A candidate as the archive sees it (population.scoring computes it): its val_bpb
+    estimate with that estimate's standard error, the spread of its own runs, its mean
+    peak memory and how many seeds it ran. Also the archive member record: a stored
+    archive version is a list of `to_row()` dicts."""
 
     candidate_id: str
     val_bpb: float
     peak_mem_mb: float
-    val_std: float = 0.0
+    val_bpb_std: float = 0.0  # spread of its own runs over seeds
     n_seeds: int = 1
+    val_bpb_se: float = 0.0  # standard error of `val_bpb` as an estimate of the true value
 
     @property
     def objectives(self) -> tuple[float, float]:
         return (self.val_bpb, self.peak_mem_mb)
+
+    def to_row(self) -> dict:
+        return {"candidate_id": self.candidate_id, "val_bpb": self.val_bpb, "peak_mem_mb": self.peak_mem_mb,
+                "val_bpb_std": self.val_bpb_std, "n_seeds": self.n_seeds, "val_bpb_se": self.val_bpb_se}
+
+    @classmethod
+    def from_row(cls, row: dict) -> Point:
+        """A stored archive row (rows written before the rename carry `val_std`)."""
+        return cls(str(row["candidate_id"]), float(row["val_bpb"]), float(row["peak_mem_mb"]),
+                   float(row.get("val_bpb_std", row.get("val_std", 0.0))), int(row.get("n_seeds", 1)),
+                   float(row.get("val_bpb_se", 0.0)))
 
 
 @dataclass(frozen=True)

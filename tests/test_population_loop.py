@@ -10,7 +10,7 @@ import pytest
 
 from agents.llm import LLMCallRecord
 from agents.proposal import InvalidEdit, Proposal, ProposalContext
-from arena.records import FAILURES, Status
+from arena.records import FAILURES, RunOutcome, Status
 from population.loop import ROOT_ID, RootFailed
 from population.program import ProgramConfig
 from population.simulated import KnobProposer, Landscape, read_knobs, set_knob, simulated_loop
@@ -45,6 +45,7 @@ def test_generations_run_end_to_end_with_paired_seeds_and_lineage_in_git(tmp_pat
         assert c.archive_version == expected
         if c.status in (Status.CONFIRMED, Status.REJECTED):
             mine = {e.seed for e in store.evaluations(c.id) if e.purpose in ("initial", "race")}
+            assert len(mine) >= 1 and all(s // 1000 == c.generation for s in mine)  # fresh seeds each generation
             theirs = {e.seed for e in store.evaluations(c.parent_id)}
             assert len(mine) >= cfg.initial_seeds and mine <= theirs  # paired on the same seeds
     evals = store.evaluations()
@@ -68,7 +69,7 @@ class NeutralProposer:
 
 
 def test_noise_does_not_fool_the_archive_where_keep_if_lower_would_be(tmp_path):
-    cfg = ProgramConfig(generations=3, population=6, fdr=0.1)
+    cfg = ProgramConfig(generations=3, population=6)
     loop, store, _, arena = simulated_loop(tmp_path / "run", cfg, proposer=NeutralProposer())
     arena.landscape = Landscape(sigma=0.02, rho=0.0)  # every run an independent draw
     loop.run()
@@ -246,8 +247,7 @@ def test_crossover_merges_two_archive_members_with_git(tmp_path):
 
 
 class ForgetfulArena:
-    """A simulated arena whose first run comes back without an outcome, as
-    LocalArena.cancel reports a called-off run (status proposed)."""
+    """A simulated arena whose first run comes back cancelled (RunOutcome.CANCELLED)."""
 
     def __init__(self, inner):
         self.inner, self.dropped = inner, 0
@@ -260,7 +260,7 @@ class ForgetfulArena:
         for r in self.inner.poll(timeout):
             if self.dropped == 0:
                 self.dropped += 1
-                r = dataclasses.replace(r, status=Status.PROPOSED, message="cancelled", val_bpb=None)
+                r = dataclasses.replace(r, outcome=RunOutcome.CANCELLED, message="cancelled", val_bpb=None)
             out.append(r)
         return out
 

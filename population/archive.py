@@ -9,7 +9,9 @@ Both objectives are minimized.
 Epsilon-dominance follows Laumanns et al. (2002): objective space is cut into boxes of
 size epsilon (taken from the noise floor, so differences smaller than the noise do not
 split the front); boxes are compared by Pareto dominance and each box keeps one point,
-the one nearest its lower corner. The result does not depend on insertion order.
+the one nearest its lower corner. One exception: the point with the lowest val_bpb always
+stays (the main objective's extreme is never traded for a box corner). The result does
+not depend on insertion order.
 
 What it does not do: statistics. Whether a child is really better than its parent is
 `population.scoring`'s question; this module trusts the estimates it is given.
@@ -97,6 +99,17 @@ def epsilon_front(points: list[Point], eps: tuple[float, float]) -> list[Point]:
     return sorted(front, key=lambda p: (p.val_bpb, p.peak_mem_mb, p.candidate_id))
 
 
+def _with_best(front: list[Point], points: list[Point]) -> list[Point]:
+    """The front plus the point with the lowest val_bpb when an epsilon box dropped it
+    (a box keeps the point nearest its corner, which may be a little worse on val_bpb):
+    the best member on the main objective is an extreme of the front and always stays."""
+    best = min(points, key=lambda p: (p.val_bpb, p.peak_mem_mb, p.candidate_id), default=None)
+    if best is None or any(p.candidate_id == best.candidate_id for p in front):
+        return front
+    kept = [p for p in front if not dominates(best.objectives, p.objectives)]
+    return sorted(kept + [best], key=lambda p: (p.val_bpb, p.peak_mem_mb, p.candidate_id))
+
+
 def nondominated(points: list[Point]) -> list[Point]:
     """The plain Pareto set, sorted by val_bpb ascending."""
     front = [p for p in points if not any(dominates(q.objectives, p.objectives) for q in points)]
@@ -158,7 +171,8 @@ class ParetoArchive:
     def build(cls, points: list[Point], eps: tuple[float, float], ref: tuple[float, float],
               constraints: Constraints | None = None) -> ParetoArchive:
         arch = cls(eps=eps, ref=ref, constraints=constraints or Constraints())
-        arch.members = epsilon_front([p for p in points if arch.constraints.violation(p) is None], eps)
+        feasible = [p for p in points if arch.constraints.violation(p) is None]
+        arch.members = _with_best(epsilon_front(feasible, eps), feasible)
         return arch
 
     def add(self, p: Point) -> bool:
@@ -166,7 +180,7 @@ class ParetoArchive:
         if self.constraints.violation(p) is not None:
             return False
         others = [m for m in self.members if m.candidate_id != p.candidate_id]
-        self.members = epsilon_front(others + [p], self.eps)
+        self.members = _with_best(epsilon_front(others + [p], self.eps), others + [p])
         return any(m.candidate_id == p.candidate_id for m in self.members)
 
     def ids(self) -> list[str]:

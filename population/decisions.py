@@ -1,9 +1,10 @@
 """Decisions: which runs a generation needs, and what it ends with.
 
 Flow: the loop asks `wanted_runs(g)` which (candidate, seed, purpose) runs generation g
-still needs: the root's noise-floor seeds; each racing child's next round with its
-parent's control run on the same fresh seed, submitted next to each other (pairing in
-time); fresh-seed re-scoring of archive members with their parents' controls. When
+still needs: the root's noise-floor seeds; each racing child's next round together with
+its parent's control run on the same fresh seed, as one unit the loop starts at once
+(pairing in time: both see the same machine load); fresh-seed re-scoring of archive
+members with their parents' controls, likewise. When
 nothing is left it calls `finalize(g)`, which in one transaction
 - generation 0: stores the noise floor and the hypervolume reference;
 - later: accepts or rejects each finished child by its race verdict
@@ -30,6 +31,7 @@ from population.scoring import ROOT_ID, RacePolicy, Verdict
 from population.state import RunState
 from population.store import GenerationRecord, Purpose
 
+MEM_MARGIN_REL = 0.02  # a memory saving must exceed 2% of the root's peak memory
 FALL_OUT_P = 0.5  # a re-scored member falls out once it is more likely no better than better
 
 
@@ -49,9 +51,10 @@ class Decisions:
         self.constraints = Constraints(cfg.max_peak_mem_mb, cfg.max_val_bpb)
 
     def mem_margin(self) -> float:
-        """A memory gain counts when it exceeds half the root's memory epsilon."""
+        """A memory saving counts when it exceeds `MEM_MARGIN_REL` of the root's memory
+        (and its run-to-run spread): smaller savings are not worth a place."""
         floor = self.state.floor()
-        return 0.0 if floor is None else 0.5 * floor.epsilon(self.cfg.epsilon_scale)[1]
+        return 0.0 if floor is None else max(floor.mem_std, MEM_MARGIN_REL * floor.mem_mean)
 
     def verdict(self, cid: str) -> Verdict:
         return self.state.scorer().race(cid, self.policy, self.mem_margin())
@@ -64,36 +67,38 @@ class Decisions:
             return []
         return [r["candidate_id"] for r in self.state.generation(g - 1).archive if r["candidate_id"] != ROOT_ID]
 
-    def wanted_runs(self, g: int, children_only: bool = False) -> list[tuple[str, int, Purpose]]:
-        """(candidate, seed, purpose) of every run generation g needs given the finished
-        results, parents' controls just before their children's runs."""
-        out: list[tuple[str, int, Purpose]] = []
-        seen: set[tuple[str, int]] = set()
+    def wanted_runs(self, g: int, children_only: bool = False) -> list[list[tuple[str, int, Purpose]]]:
+        """The runs generation g still needs given the finished results, in units to be
+        started together: (parent's control, child) on one seed, so that both see the
+        same machine load; each (candidate, seed, purpose)."""
+        units: list[list[tuple[str, int, Purpose]]] = []
 
-        def need(cid: str, seed: int, purpose: Purpose) -> None:
-            e = self.state.evals.get(cid, {}).get(seed)
-            if (cid, seed) not in seen and (e is None or not e.finished):
-                seen.add((cid, seed))
-                out.append((cid, seed, purpose))
+        def unit(*runs: tuple[str, int, Purpose]) -> None:
+            todo = [r for r in runs if not self._finished(r[0], r[1])]
+            if todo:
+                units.append(todo)
 
         if g == 0:
             for k in range(self.cfg.root_seeds):
-                need(ROOT_ID, noise.root_seed(k), Purpose.ROOT)
-            return out
+                unit((ROOT_ID, noise.root_seed(k), Purpose.ROOT))
+            return units
         for c in self.state.children(g):
             if c.commit is None or c.status not in (Status.PROPOSED, Status.RUNNING, Status.EVALUATED):
                 continue
             for r in range(self.rounds(c.id)):
-                s = noise.round_seed(g, r)
-                need(c.parent_id or ROOT_ID, s, Purpose.PAIR)
-                need(c.id, s, Purpose.INITIAL if r < self.policy.initial else Purpose.RACE)
-        for cid in ([] if children_only else self.rescore_members(g)):
+                s = noise.round_seed(g, c.idx, r)
+                unit((c.parent_id or ROOT_ID, s, Purpose.PAIR),
+                     (c.id, s, Purpose.INITIAL if r < self.policy.initial else Purpose.RACE))
+        for k, cid in enumerate([] if children_only else self.rescore_members(g)):
             parent_id = self.state.cands[cid].parent_id or ROOT_ID
             for j in range(self.cfg.rescore_seeds):
-                s = noise.rescore_seed(g, j)
-                need(parent_id, s, Purpose.PAIR)
-                need(cid, s, Purpose.RESCORE)
-        return out
+                s = noise.rescore_seed(g, k, j)
+                unit((parent_id, s, Purpose.PAIR), (cid, s, Purpose.RESCORE))
+        return units
+
+    def _finished(self, cid: str, seed: int) -> bool:
+        e = self.state.evals.get(cid, {}).get(seed)
+        return e is not None and e.finished
 
     def rounds(self, cid: str) -> int:
         """Rounds child `cid` should have: the race verdict once its rounds so far are
@@ -102,7 +107,7 @@ class Decisions:
         mine, theirs = self.state.evals.get(cid, {}), self.state.evals.get(c.parent_id or ROOT_ID, {})
         n = self.policy.initial
         while True:
-            seeds = [noise.round_seed(c.generation, r) for r in range(n)]
+            seeds = [noise.round_seed(c.generation, c.idx, r) for r in range(n)]
             if not all(s in mine and s in theirs for s in seeds):
                 return n
             nxt = self.verdict(cid).rounds
@@ -135,7 +140,7 @@ class Decisions:
                        "cost_usd": st.store.total_cost(), "epsilon": list(archive.eps)}
             if model is not None:
                 summary["noise"] = {"pair_sd": model.pair_sd, "pooled": model.pooled, "prior_mean": model.prior.mean,
-                                    "prior_sd": model.prior.sd, "prior_n": model.prior.n}
+                                    "prior_scale": model.prior.scale, "prior_n": model.prior.n}
             statuses = {c.id: c.status.value for c in st.cands.values() if c.generation <= g}
             st.finish_generation(GenerationRecord(g, time.time(), hv, rows, statuses, summary))
             st.event("generation", f"generation {g} done: archive {len(rows)}, hypervolume {hv:.5g}, "
@@ -197,11 +202,11 @@ class Decisions:
 
     def _rescore(self, g: int) -> None:
         st = self.state
-        for cid in self.rescore_members(g):
+        for k, cid in enumerate(self.rescore_members(g)):
             c = st.cands[cid]
             if c.status != Status.CONFIRMED:
                 continue
-            seeds = [noise.rescore_seed(g, j) for j in range(self.cfg.rescore_seeds)]
+            seeds = [noise.rescore_seed(g, k, j) for j in range(self.cfg.rescore_seeds)]
             failed = [s for s in seeds if s in st.evals.get(cid, {}) and not st.evals[cid][s].ok]
             if failed:
                 st.set_status(cid, Status.REJECTED, f"failed on re-scoring seed {failed[0]}")

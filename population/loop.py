@@ -99,6 +99,7 @@ class GenerationLoop:
             raise LoopError("no personas to propose children")
         self.store, self.repo, self.arena, self.proposer = store, repo, arena, proposer
         self.cfg = config
+        self.slots = slots
         self.personas = sorted(personas)
         self.guard = guard
         self.clock = clock
@@ -249,26 +250,34 @@ class GenerationLoop:
 
     # -- running ---------------------------------------------------------------------------------
 
-    def _needed_runs(self, g: int, children_only: bool = False) -> list[tuple[str, int, Purpose]]:
-        return [r for r in self.decisions.wanted_runs(g, children_only) if (r[0], r[1]) not in self._inflight]
+    def _needed_runs(self, g: int, children_only: bool = False) -> list[list[tuple[str, int, Purpose]]]:
+        units = [[r for r in u if (r[0], r[1]) not in self._inflight]
+                 for u in self.decisions.wanted_runs(g, children_only)]
+        return [u for u in units if u]
 
     def _dispatch_runs(self, g: int) -> None:
-        if self.arena.free_slots() <= 0:
-            return
+        """Start the runs generation g needs (or, when it needs none, the early children's
+        of g+1). A unit (a child's run and its parent's control) starts whole, on free
+        slots at the same moment, unless it is larger than the arena."""
         tag = g
         needed = self._needed_runs(g)
         if not needed and g >= 1 and self.version() == g - 1:
             tag, needed = g + 1, self._needed_runs(g + 1, children_only=True)
-        st = self.state
-        for cid, seed, purpose in needed:
-            if self.arena.free_slots() <= 0:
+        for unit in needed:
+            free = self.arena.free_slots()
+            if free <= 0 or (free < len(unit) <= self.slots):
                 return
-            c = st.cands[cid]
-            eval_id = st.start_evaluation(cid, seed, tag, purpose)
-            self._inflight[(cid, seed)] = (eval_id, tag)
-            if purpose != Purpose.PAIR and c.status in (Status.PROPOSED, Status.EVALUATED):
-                st.set_status(cid, Status.RUNNING)
-            self.arena.submit(RunRequest(cid, c.commit or "", seed, self.cfg.budget_s))
+            for cid, seed, purpose in unit:
+                self._submit(cid, seed, purpose, tag)
+
+    def _submit(self, cid: str, seed: int, purpose: Purpose, tag: int) -> None:
+        st = self.state
+        c = st.cands[cid]
+        eval_id = st.start_evaluation(cid, seed, tag, purpose)
+        self._inflight[(cid, seed)] = (eval_id, tag)
+        if purpose != Purpose.PAIR and c.status in (Status.PROPOSED, Status.EVALUATED):
+            st.set_status(cid, Status.RUNNING)
+        self.arena.submit(RunRequest(cid, c.commit or "", seed, self.cfg.budget_s))
 
     def _settle(self, cid: str) -> None:
         """A running candidate with nothing left in flight is evaluated (or back to

@@ -6,10 +6,11 @@ of its parent on the same fresh seed in the same batch (common random numbers, p
 time), so machine load and seed luck cancel in the difference d = child - parent. This
 module turns those differences into a posterior for the child's true gain delta:
 
-- prior: delta ~ Student t (`NU_PRIOR` degrees of freedom) with mean mu0 and standard
-  deviation tau, fitted (empirical Bayes) to the first-round differences of earlier
-  children, with mu0 never below 0 (a change is not presumed to help); its heavy tail
-  lets a large real gain through unshrunk while small lucky ones are pulled back; a weak
+- prior: delta ~ Cauchy(mu0, gamma), fitted (empirical Bayes) to the first-round
+  differences of earlier children (median and interquartile range, the pair noise taken
+  out), with mu0 never below 0 (a change is not presumed to help). Most changes do about
+  nothing and a few do a lot: the Cauchy's narrow body pulls small lucky differences
+  back while its tail, heavier than the noise's, lets a large real gain through; a weak
   default before there are enough children;
 - likelihood: Student t with `NU` degrees of freedom (heavy tails: one load spike does
   not decide), scale per candidate, shrunk towards the pooled pair noise
@@ -23,8 +24,8 @@ or success is accounted for, and the posterior mean shrinks lucky children (no
 winner's curse) as long as the prior fits. Memory, nearly noiseless, keeps a plain
 paired t-test.
 
-The seeds come from here too: each generation's rounds get fresh seeds, re-scoring
-gets its own, and a candidate never picks one.
+The seeds come from here too: every child's every round gets a fresh seed (its parent's
+control runs on the same one), re-scoring gets its own, and a candidate never picks one.
 
 What it does not do: run anything or keep state. Every function is pure, so the loop
 can recompute every decision from the store after a restart and reach the same answer.
@@ -40,7 +41,6 @@ import numpy as np
 from scipy.special import stdtr  # scipy.stats would cost seconds of import
 
 NU = 4.0  # degrees of freedom of the heavy-tailed pair noise
-NU_PRIOR = 3.0  # degrees of freedom of the prior of a child's gain
 K0 = 5.0  # pseudo-pairs of pooled noise in a candidate's own scale
 MIN_PRIOR_CHILDREN = 6  # first-round differences needed before the prior is fitted
 _CHI2_1_MEDIAN = 0.454936  # median of chi-square with 1 degree of freedom
@@ -93,27 +93,26 @@ def pair_noise_var(series: Sequence[Sequence[float]]) -> float | None:
 
 @dataclass(frozen=True)
 class Prior:
-    """Prior of a child's true gain (child - parent val_bpb; negative is better): Student
-    t with `NU_PRIOR` degrees of freedom, this mean and standard deviation."""
+    """Prior of a child's true gain (child - parent val_bpb; negative is better):
+    Cauchy with this location and scale."""
 
     mean: float
-    sd: float
+    scale: float
     n: int  # first-round differences it was fitted to (0: the default)
 
 
 def fit_prior(first_diffs: Sequence[float], pair_var: float) -> Prior:
-    """Empirical Bayes: first-round differences d1 = delta + noise, so var(delta) =
-    var(d1) - pair_var. Winsorized at the 5th/95th percentiles; the mean is never below
-    0 and the spread never below half the pair noise. Before `MIN_PRIOR_CHILDREN`
-    children: mean 0, spread four times the pair noise (weak)."""
+    """Empirical Bayes: first-round differences d1 = delta + noise. Location: their
+    median, never below 0; scale: half their interquartile range with the pair noise
+    taken out, never below half the pair noise's sd. Before `MIN_PRIOR_CHILDREN` children:
+    location 0, scale twice the pair noise's sd (weak)."""
     sd_pair = math.sqrt(pair_var)
     if len(first_diffs) < MIN_PRIOR_CHILDREN:
-        return Prior(0.0, 4.0 * sd_pair, 0)
-    d = np.asarray(first_diffs, dtype=float)
-    lo, hi = np.percentile(d, [5, 95])
-    d = np.clip(d, lo, hi)
-    var = float(d.var(ddof=1)) - pair_var
-    return Prior(max(float(d.mean()), 0.0), max(math.sqrt(max(var, 0.0)), 0.5 * sd_pair), len(first_diffs))
+        return Prior(0.0, 2.0 * sd_pair, 0)
+    q1, med, q3 = np.percentile(np.asarray(first_diffs, dtype=float), [25, 50, 75])
+    # a normal's half-IQR is 0.674 sd: take the noise's share out of the spread
+    spread = max((0.5 * (q3 - q1)) ** 2 - (0.674 * sd_pair) ** 2, 0.0)
+    return Prior(max(float(med), 0.0), max(math.sqrt(spread), 0.5 * sd_pair), len(first_diffs))
 
 
 @dataclass(frozen=True)
@@ -128,25 +127,24 @@ class Posterior:
 
 
 def posterior(diffs: Sequence[float], prior: Prior, pair_var: float) -> Posterior:
-    """Grid posterior of delta under the prior x prod Student-t(NU) likelihood. The t
-    scale is the candidate's own: K0 pseudo-pairs at `pair_var` plus its own spread."""
+    """Grid posterior of delta under the Cauchy prior x prod Student-t(NU) likelihood
+    (the likelihood is negligible beyond 12 scales, the grid's edge). The t scale is the
+    candidate's own: K0 pseudo-pairs at `pair_var` plus its own spread."""
     d = np.asarray(diffs, dtype=float)
     n = len(d)
-    prior_scale = prior.sd * math.sqrt((NU_PRIOR - 2.0) / NU_PRIOR)
     if n == 0:
-        p0 = float(1.0 - stdtr(NU_PRIOR, -prior.mean / prior_scale))
-        return Posterior(0, prior.mean, prior.sd, p0, math.nan)
+        return Posterior(0, prior.mean, math.inf, 0.5 + math.atan(prior.mean / prior.scale) / math.pi, math.nan)
     # the candidate's own spread, winsorized at 3 pair-noise sd around its median so
     # one spike widens neither its scale nor (through it) its likelihood
     w = np.clip(d, np.median(d) - 3 * math.sqrt(pair_var), np.median(d) + 3 * math.sqrt(pair_var))
     own_ss = float(((w - w.mean()) ** 2).sum()) if n > 1 else 0.0
     var = (K0 * pair_var + own_ss) / (K0 + n - 1)
     scale = math.sqrt(var * (NU - 2.0) / NU)
-    lo = min(prior.mean - 12 * prior.sd, float(d.min()) - 12 * scale)
-    hi = max(prior.mean + 12 * prior.sd, float(d.max()) + 12 * scale)
+    lo = min(prior.mean - 12 * prior.scale, float(d.min()) - 12 * scale)
+    hi = max(prior.mean + 12 * prior.scale, float(d.max()) + 12 * scale)
     grid = np.linspace(lo, hi, 4001)
-    u = (grid - prior.mean) / prior_scale
-    logp = -0.5 * (NU_PRIOR + 1.0) * np.log1p(u * u / NU_PRIOR)
+    u = (grid - prior.mean) / prior.scale
+    logp = -np.log1p(u * u)
     z = (d[None, :] - grid[:, None]) / scale
     logp = logp - 0.5 * (NU + 1.0) * np.log1p(z * z / NU).sum(axis=1)
     w = np.exp(logp - logp.max())
@@ -174,8 +172,10 @@ def one_sided_p(diffs: Sequence[float], margin: float = 0.0) -> float:
 
 # -- seeds: chosen by the loop, never by a candidate -----------------------------------------
 
-ROUND_STRIDE = 1000  # seeds of generation g: g * ROUND_STRIDE + round
-RESCORE_OFFSET = 500  # re-scoring seeds of generation g: g * ROUND_STRIDE + 500 + j
+ROUND_STRIDE = 1000  # seeds of generation g lie in [g * 1000, g * 1000 + 1000)
+RESCORE_OFFSET = 500  # re-scoring seeds of generation g start at g * 1000 + 500
+MAX_CHILDREN = 50  # children (or re-scored members) per generation the seed plan has room for
+MAX_ROUNDS = 10  # rounds per child (seeds.max) the seed plan has room for
 
 
 def root_seed(k: int) -> int:
@@ -183,14 +183,17 @@ def root_seed(k: int) -> int:
     return k
 
 
-def round_seed(generation: int, rnd: int) -> int:
-    """The seed of racing round `rnd` of generation `generation`: fresh every
-    generation, shared by every child of the round and its parent's control run."""
-    if not 0 <= rnd < RESCORE_OFFSET:
-        raise ValueError(f"round {rnd} out of range")
-    return generation * ROUND_STRIDE + rnd
+def round_seed(generation: int, idx: int, rnd: int) -> int:
+    """The seed of round `rnd` of child `idx` of generation `generation`: fresh for every
+    child and round, shared by the child's run and its parent's control run."""
+    if not (0 <= idx < MAX_CHILDREN and 0 <= rnd < MAX_ROUNDS):
+        raise ValueError(f"child {idx} round {rnd} outside the seed plan ({MAX_CHILDREN} x {MAX_ROUNDS})")
+    return generation * ROUND_STRIDE + idx * MAX_ROUNDS + rnd
 
 
-def rescore_seed(generation: int, j: int) -> int:
-    """Fresh seeds for re-scoring archive members, disjoint from the racing rounds."""
-    return generation * ROUND_STRIDE + RESCORE_OFFSET + j
+def rescore_seed(generation: int, k: int, j: int) -> int:
+    """Fresh seed j for re-scoring the k-th archive member in generation `generation`
+    (its parent's control runs on the same seed), disjoint from the racing rounds."""
+    if not (0 <= k < MAX_CHILDREN and 0 <= j < MAX_ROUNDS):
+        raise ValueError(f"member {k} seed {j} outside the seed plan ({MAX_CHILDREN} x {MAX_ROUNDS})")
+    return generation * ROUND_STRIDE + RESCORE_OFFSET + k * MAX_ROUNDS + j

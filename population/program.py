@@ -53,10 +53,10 @@ class ProgramConfig:
     initial_seeds: int = 1
     max_seeds: int = 4
     seeds_per_round: int = 1
-    accept_p: float = 0.04  # accept when P(no gain) <= accept_p / 2 (val_bpb; memory likewise)
-    futility_p: float = 0.5  # stop racing a child whose P(no gain) is above this
+    accept_p: float = 0.1  # accept when P(no gain) <= accept_p / 2 (val_bpb; memory likewise)
+    futility_p: float = 0.4  # stop racing a child whose P(no gain) is above this
     epsilon_scale: float = 0.5  # archive box size in single-run noise standard deviations
-    rescore_every: int = 3
+    rescore_every: int = 4
     rescore_seeds: int = 1
     # [stop]
     generations: int = 10
@@ -105,6 +105,9 @@ class ProgramConfig:
             (self.root_seeds >= 2, "seeds", "root", "must be at least 2 (the noise floor needs a spread)"),
             (self.initial_seeds >= 1, "seeds", "initial", "must be at least 1"),
             (self.max_seeds >= self.initial_seeds, "seeds", "max", "must be >= seeds.initial"),
+            (self.max_seeds <= 10, "seeds", "max", "must be at most 10 (the seed plan, population.noise)"),
+            (self.rescore_seeds <= 10, "seeds", "rescore_seeds", "must be at most 10 (the seed plan)"),
+            (self.population <= 50, None, "population", "must be at most 50 (the seed plan, population.noise)"),
             (self.seeds_per_round >= 1, "seeds", "per_round", "must be at least 1"),
             (0 < self.accept_p < 1, "seeds", "accept_p", "must be in (0, 1)"),
             (0 < self.futility_p <= 1, "seeds", "futility_p", "must be in (0, 1]"),

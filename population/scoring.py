@@ -61,8 +61,8 @@ class RacePolicy:
     initial: int = 1
     per_round: int = 1
     max_seeds: int = 4
-    accept_p: float = 0.04
-    futility_p: float = 0.5
+    accept_p: float = 0.1
+    futility_p: float = 0.4
 
 
 @dataclass(frozen=True)

@@ -15,8 +15,9 @@ identical results. Optionally the noise also depends on *when* a run is made, as
 shared machine whose budget is wall time (`Landscape.drift`, `spike_prob`, `hetero`,
 `tail_df`; all off by default): slow load drift, load spikes that hit every run of a
 batch (the runs submitted together), a noise level that differs between candidates, and
-heavy-tailed idiosyncratic noise. The arena's submission count is its clock, so then a
-run's result depends on the order runs are submitted in.
+heavy-tailed idiosyncratic noise. The arena's submission count is its clock and a batch
+is the runs submitted between two polls that returned results (they start together and
+share the machine), so then a run's result depends on when it is submitted.
 
 What it does not do: train, sandbox or measure anything real. Its numbers are
 synthetic and say nothing about a real train.py.
@@ -215,6 +216,7 @@ class SimulatedArena:
         self._closed = False
         self._files: dict[str, str] = {}
         self.submitted = 0
+        self._epoch = 0  # runs submitted between two polls that return results start together
 
     def free_slots(self) -> int:
         return 0 if self._closed else self.slots - len(self._pending)
@@ -226,7 +228,7 @@ class SimulatedArena:
             raise ArenaFull(f"no free slot for {req.candidate_id} seed {req.seed}")
         if req.commit not in self._files:
             self._files[req.commit] = self.read_train_py(req.commit)
-        result = self._score(req, self._files[req.commit], self.submitted, self.submitted // self.slots)
+        result = self._score(req, self._files[req.commit], self.submitted, self._epoch)
         self.submitted += 1
         heapq.heappush(self._pending, _Pending(time.monotonic() + self.run_seconds, next(self._order), result))
 
@@ -259,6 +261,8 @@ class SimulatedArena:
         out = []
         while self._pending and self._pending[0].ready_at <= now:
             out.append(heapq.heappop(self._pending).result)
+        if out:
+            self._epoch += 1
         return out
 
     def cancel(self, candidate_id: str) -> int:

@@ -11,7 +11,7 @@ import pytest
 from agents.llm import LLMCallRecord
 from agents.proposal import InvalidEdit, Proposal, ProposalContext
 from arena.records import FAILURES, RunOutcome, Status
-from population.loop import ROOT_ID, RootFailed
+from population.loop import ROOT_ID, LoopError, RootFailed
 from population.program import ProgramConfig
 from population.simulated import KnobProposer, Landscape, read_knobs, set_knob, simulated_loop
 
@@ -301,4 +301,57 @@ def test_stopping_criteria_from_program_md(tmp_path):
     outcome = loop.run()
     arena.close()
     assert outcome.generations == 0 and outcome.stop_reason == "ran the maximum 1.0 hours"
+    store.close()
+
+
+class FailingArena(ForgetfulArena):
+    """The arena itself fails on the runs of one candidate `times` times in a row."""
+
+    def __init__(self, inner, victim, times):
+        super().__init__(inner)
+        self.victim, self.times = victim, times
+
+    def poll(self, timeout=0.0):
+        out = []
+        for r in self.inner.poll(timeout):
+            if r.candidate_id == self.victim and self.dropped < self.times:
+                self.dropped += 1
+                r = dataclasses.replace(r, outcome=RunOutcome.ARENA_ERROR, message="arena error: worker died",
+                                        status=Status.CRASHED, val_bpb=None)
+            out.append(r)
+        return out
+
+
+def test_an_arena_error_is_redone_and_never_counted_against_the_candidate(tmp_path):
+    loop, store, _, arena = simulated_loop(tmp_path / "run", ProgramConfig(generations=1, population=2))
+    loop.arena = FailingArena(arena, "g001c00", 2)
+    loop.run()
+    everything = [e for e in store.evaluations(include_unfinished=True) if e.candidate_id == "g001c00"]
+    assert [e.status for e in everything].count("interrupted") == 2
+    assert store.candidate("g001c00").status in (Status.CONFIRMED, Status.REJECTED)  # not crashed
+    store.close()
+
+    loop, store, _, arena = simulated_loop(tmp_path / "again", ProgramConfig(generations=1, population=2))
+    loop.arena = FailingArena(arena, "g001c00", 99)
+    with pytest.raises(LoopError, match="the arena failed 3 times on g001c00"):
+        loop.run()
+    arena.close()
+    store.close()
+
+
+def test_a_child_and_its_parents_control_start_together_on_a_fresh_seed(tmp_path):
+    cfg = ProgramConfig(generations=2, population=3)
+    _, store, _, _ = _run(tmp_path, cfg)
+    evals = store.evaluations()
+    by_id = {e.id: e for e in evals}
+    children = {c.id: c for c in store.candidates() if c.id != ROOT_ID}
+    for e in evals:
+        if e.purpose not in ("initial", "race"):
+            continue
+        control = by_id[e.id - 1]  # started just before, in the same dispatch
+        assert (control.candidate_id, control.seed, control.purpose) == (children[e.candidate_id].parent_id,
+                                                                          e.seed, "pair")
+        assert e.seed // 1000 == children[e.candidate_id].generation
+    seeds = [(e.candidate_id, e.seed) for e in evals if e.purpose in ("initial", "race")]
+    assert len({s for _, s in seeds}) == len(seeds)  # every child round has its own seed
     store.close()

@@ -1,28 +1,32 @@
-"""Does the population keep only what is really better? A benchmark on the simulated
-noisy landscape (population.simulated), no training.
+"""Does the population find more real improvement than keep-if-lower, and keep only what
+is really better? A benchmark on the simulated noisy landscape (population.simulated),
+no training.
 
-For each trial (a salt: another draw of the noise and of the proposals) and each noise
-level, it runs
-- ours: the real generation loop (store, git, guards, racing, paired tests, FDR,
-  epsilon-Pareto archive) on the simulated arena, and counts its evaluations E;
-- greedy: autoresearch's loop with the same proposer and the same E evaluations: run
-  the child once, keep it if its val_bpb is lower than the best so far. Two variants:
-  a fresh seed per run (as on a GPU, where runs are not bit-reproducible) and one fixed
-  seed for every run (the most favourable case for greedy).
+For each trial (a salt: another draw of the noise and of the proposals) and landscape it
+runs
+- ours: the real generation loop (store, git, guards, paired racing, the posterior
+  acceptance rule, the epsilon-Pareto archive) on the simulated arena, and counts every
+  run the arena was given, E;
+- greedy: autoresearch's loop with the same proposer and the same E runs: run the child
+  once, keep it if its val_bpb is lower than the best so far. Two variants: a fresh seed
+  per run (as on a GPU, where runs are not bit-reproducible) and one fixed seed for every
+  run (the most favourable case for greedy). Greedy's runs see the same machine: run k
+  is at time k, in batch k // slots.
+
+Landscapes: `stationary` (noise depends on the seed only) and `load` (as on a busy
+machine whose budget is wall time: slow drift, load spikes that hit a whole batch,
+per-candidate noise levels, heavy-tailed run noise).
 
 A proposal is *truly no better* when its noise-free value improves neither objective
-(val_bpb nor peak memory) over its parent's. Reported per method and noise level: the
-share of truly-no-better proposals that were accepted, the share of acceptances that
-were truly no better, and the true val_bpb of what each method would hand back at the
-end (ours: the archive member with the lowest measured mean, as `evolve export --best`;
-greedy: its last kept commit).
+(val_bpb nor peak memory) over its parent's. Reported per method: E, proposals run, the
+share of truly-no-better proposals that were *ever* confirmed (a member that later fell
+out still counts), the share of confirmations that were truly no better, the true
+val_bpb of what the method hands back at the end (ours: the archive member with the
+lowest val_bpb estimate, as `evolve export --best`; greedy: its last kept commit), how
+many trials ended worse than the root, and in how many trials ours ended lower than
+that method.
 
     python bench/search_noise.py [--trials 20] [--generations 10] [--population 6] [--sigma 0.02]
-
-Ours runs twice: with lookahead 0 (every child planned from the newest archive; the
-simulated proposer answers at once, so there is nothing to overlap) and with lookahead 2
-(the default with 2 device slots: 2 children per generation are planned one archive
-version early so the devices never wait for an LLM).
 """
 
 from __future__ import annotations
@@ -46,6 +50,8 @@ from population.loop import ROOT_ID
 from population.program import ProgramConfig
 from population.simulated import SIM_TRAIN_PY, KnobProposer, Landscape, read_knobs, simulated_loop
 
+SLOTS = 2
+
 
 @dataclass
 class TrialResult:
@@ -57,19 +63,26 @@ class TrialResult:
     final_true_val: float
 
 
+def landscape(kind: str, sigma: float, salt: int) -> Landscape:
+    if kind == "stationary":
+        return Landscape(sigma=sigma, salt=salt)
+    return Landscape(sigma=sigma, rho=0.5, salt=salt, drift=2.0, spike_prob=0.1, spike_size=6.0,
+                     hetero=0.4, tail_df=3.0)
+
+
 def truly_no_better(land: Landscape, child_py: str, parent_py: str) -> bool:
     cv, cm = land.true(read_knobs(child_py))
     pv, pm = land.true(read_knobs(parent_py))
     return cv >= pv and cm >= pm
 
 
-def run_ours(cfg: ProgramConfig, sigma: float, salt: int, workdir: Path) -> TrialResult:
-    loop, store, repo, arena = simulated_loop(workdir / f"ours-{salt}-{sigma}", cfg, sigma=sigma, salt=salt)
+def run_ours(cfg: ProgramConfig, land: Landscape, workdir: Path) -> TrialResult:
+    loop, store, repo, arena = simulated_loop(workdir, cfg, slots=SLOTS, salt=land.salt, landscape=land)
     try:
         loop.run()
-        land = arena.landscape
         cands = {c.id: c for c in store.candidates()}
         files = {cid: repo.read_file(c.commit, "train.py") for cid, c in cands.items() if c.commit}
+        ever = {e["candidate_id"] for e in store.events(1_000_000) if e["kind"] == "confirmed"}
         proposals = no_better = nb_acc = accepted = 0
         for c in cands.values():
             if c.id == ROOT_ID or c.commit is None or c.status in (Status.GUARD_REFUSED, Status.PROPOSED):
@@ -78,26 +91,24 @@ def run_ours(cfg: ProgramConfig, sigma: float, salt: int, workdir: Path) -> Tria
                 continue
             proposals += 1
             nb = truly_no_better(land, files[c.id], files[c.parent_id])
-            acc = c.status == Status.CONFIRMED
+            acc = c.id in ever
             no_better += nb
             accepted += acc
             nb_acc += nb and acc
-        evaluations = sum(1 for e in store.evaluations() if e.status != "cancelled")
         best = min(store.generations()[-1].archive, key=lambda r: (r["val_bpb"], r["peak_mem_mb"]))
         final = land.true(read_knobs(files[best["candidate_id"]]))[0]
-        return TrialResult(evaluations, proposals, no_better, nb_acc, accepted, final)
+        return TrialResult(arena.submitted, proposals, no_better, nb_acc, accepted, final)
     finally:
         arena.close()
         store.close()
 
 
-def run_greedy(evaluations: int, sigma: float, salt: int, fixed_seed: bool) -> TrialResult:
+def run_greedy(evaluations: int, land: Landscape, fixed_seed: bool) -> TrialResult:
     """autoresearch: one run per proposal, keep if lower than the best so far."""
-    land = Landscape(sigma=sigma, salt=salt)
-    proposer = KnobProposer(salt=salt)
-    rng = random.Random(f"greedy:{salt}")
+    proposer = KnobProposer(salt=land.salt)
+    rng = random.Random(f"greedy:{land.salt}")
     best_py = SIM_TRAIN_PY
-    best_obs = land.observe(read_knobs(best_py), 0)[0]
+    best_obs = land.observe(read_knobs(best_py), 0, 0, 0)[0]
     tried: list[str] = []
     proposals = no_better = nb_acc = accepted = 0
     for k in range(1, evaluations):
@@ -111,7 +122,7 @@ def run_greedy(evaluations: int, sigma: float, salt: int, fixed_seed: bool) -> T
         if land.failure(knobs) is not None:
             continue  # a crash is discarded, as autoresearch does
         proposals += 1
-        obs = land.observe(knobs, 0 if fixed_seed else k)[0]
+        obs = land.observe(knobs, 0 if fixed_seed else k, k, k // SLOTS)[0]
         nb = truly_no_better(land, prop.train_py, best_py)
         acc = obs < best_obs
         no_better += nb
@@ -122,15 +133,18 @@ def run_greedy(evaluations: int, sigma: float, salt: int, fixed_seed: bool) -> T
     return TrialResult(evaluations, proposals, no_better, nb_acc, accepted, land.true(read_knobs(best_py))[0])
 
 
-def summarize(name: str, sigma: float, rows: list[TrialResult], root_true: float) -> str:
-    fa = [r.no_better_accepted / r.no_better for r in rows if r.no_better]
-    fdp = [r.no_better_accepted / r.accepted for r in rows if r.accepted]
+def row(name: str, rows: list[TrialResult], ours: list[TrialResult], root_true: float) -> str:
+    nulls = sum(r.no_better for r in rows)
+    fa = sum(r.no_better_accepted for r in rows) / nulls if nulls else 0.0
+    acc = sum(r.accepted for r in rows)
+    fdp = sum(r.no_better_accepted for r in rows) / acc if acc else 0.0
     final = [r.final_true_val for r in rows]
-    return (f"| {name:22s} | {sigma:.3f} | {statistics.fmean(r.evaluations for r in rows):6.1f} | "
-            f"{statistics.fmean(r.proposals for r in rows):6.1f} | "
-            f"{100 * statistics.fmean(fa):6.1f}% | {100 * statistics.fmean(fdp) if fdp else 0:6.1f}% | "
+    worse = sum(v > root_true for v in final)
+    wins = "-" if rows is ours else f"{sum(o.final_true_val < r.final_true_val for o, r in zip(ours, rows))}/{len(rows)}"
+    return (f"| {name:20s} | {statistics.fmean(r.evaluations for r in rows):6.1f} | "
+            f"{statistics.fmean(r.proposals for r in rows):6.1f} | {100 * fa:5.1f}% | {100 * fdp:5.1f}% | "
             f"{statistics.fmean(final):.4f} +- {statistics.stdev(final) if len(final) > 1 else 0:.4f} | "
-            f"{root_true - statistics.fmean(final):+.4f} |")
+            f"{root_true - statistics.fmean(final):+.4f} | {worse}/{len(rows)} | {wins} |")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -138,34 +152,32 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--trials", type=int, default=20)
     ap.add_argument("--generations", type=int, default=10)
     ap.add_argument("--population", type=int, default=6)
-    ap.add_argument("--initial-seeds", type=int, default=1)
-    ap.add_argument("--max-seeds", type=int, default=4)
-    ap.add_argument("--sigma", type=float, default=0.02, help="val_bpb noise std; the second block doubles it")
+    ap.add_argument("--sigma", type=float, default=0.02, help="val_bpb noise std (single run, stationary part)")
+    ap.add_argument("--landscape", choices=["stationary", "load", "both"], default="both")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
-    cfg = ProgramConfig(generations=args.generations, population=args.population,
-                        initial_seeds=args.initial_seeds, max_seeds=args.max_seeds)
+    cfg = ProgramConfig(generations=args.generations, population=args.population)
     root_true = Landscape().true(read_knobs(SIM_TRAIN_PY))[0]
-    print("greedy rows get exactly as many evaluations as the 'ours' row above them.")
-    print(f"simulated landscape: root true val_bpb {root_true:.4f}; {args.trials} trials per row; "
-          f"ours: {args.generations} generations x {args.population} children, seeds root {cfg.root_seeds} "
-          f"/ initial {cfg.initial_seeds} / max {cfg.max_seeds}, fdr {cfg.fdr}")
-    print()
-    print("| method                 | sigma | evals  | props  | no-better accepted | accepted that were no better "
-          "| final true val_bpb | gain vs root |")
-    print("|---|---|---|---|---|---|---|---|")
+    kinds = ["stationary", "load"] if args.landscape == "both" else [args.landscape]
+    print(f"simulated landscape: root true val_bpb {root_true:.4f}; {args.trials} trials; sigma {args.sigma}; "
+          f"ours: {args.generations} generations x {args.population} children, {SLOTS} slots, seeds root "
+          f"{cfg.root_seeds} / initial {cfg.initial_seeds} / max {cfg.max_seeds}, accept_p {cfg.accept_p}, "
+          f"futility_p {cfg.futility_p}; greedy rows get exactly as many runs as ours, trial by trial")
     t0 = time.time()
     with tempfile.TemporaryDirectory(prefix="search-noise-") as tmp:
-        for sigma in (args.sigma, 2 * args.sigma):
-            for lookahead in (0, 2):
-                c = dataclasses.replace(cfg, lookahead=lookahead)
-                ours = [run_ours(c, sigma, salt, Path(tmp) / f"la{lookahead}") for salt in range(args.trials)]
-                fresh = [run_greedy(r.evaluations, sigma, salt, fixed_seed=False) for salt, r in enumerate(ours)]
-                fixed = [run_greedy(r.evaluations, sigma, salt, fixed_seed=True) for salt, r in enumerate(ours)]
-                print(summarize(f"ours, lookahead {lookahead}", sigma, ours, root_true))
-                print(summarize("  greedy, fresh seed", sigma, fresh, root_true))
-                print(summarize("  greedy, fixed seed", sigma, fixed, root_true))
-                sys.stdout.flush()
+        for kind in kinds:
+            print(f"\n{kind} noise\n")
+            print("| method               | runs   | props  | no-better ever confirmed | confirmed that were "
+                  "no better | final true val_bpb | gain vs root | ended worse than root | ours lower in |")
+            print("|---|---|---|---|---|---|---|---|---|")
+            lands = [landscape(kind, args.sigma, salt) for salt in range(args.trials)]
+            ours = [run_ours(dataclasses.replace(cfg), land, Path(tmp) / f"{kind}-{land.salt}") for land in lands]
+            fresh = [run_greedy(r.evaluations, land, fixed_seed=False) for r, land in zip(ours, lands)]
+            fixed = [run_greedy(r.evaluations, land, fixed_seed=True) for r, land in zip(ours, lands)]
+            print(row("ours", ours, ours, root_true))
+            print(row("greedy, fresh seed", fresh, ours, root_true))
+            print(row("greedy, fixed seed", fixed, ours, root_true))
+            sys.stdout.flush()
     print(f"\n({time.time() - t0:.0f} s)")
     return 0
 

@@ -9,10 +9,12 @@ Both objectives are minimized.
 Epsilon-dominance follows Laumanns et al. (2002): objective space is cut into boxes of
 size epsilon (taken from the noise floor, so differences smaller than the noise do not
 split the front); boxes are compared by Pareto dominance and each box keeps one point,
-the one nearest its lower corner. The result does not depend on insertion order.
+the one nearest its lower corner. One exception: the point with the lowest val_bpb always
+stays (the main objective's extreme is never traded for a box corner). The result does
+not depend on insertion order.
 
 What it does not do: statistics. Whether a child is really better than its parent is
-`population.noise`'s question; this module trusts the means it is given.
+`population.scoring`'s question; this module trusts the estimates it is given.
 """
 
 from __future__ import annotations
@@ -23,17 +25,32 @@ from dataclasses import dataclass, field
 
 @dataclass(frozen=True)
 class Point:
-    """A candidate as the archive sees it: means over its seeds."""
+    """A candidate as the archive sees it (population.scoring computes it): its val_bpb
+    estimate with that estimate's standard error, the spread of its own runs, its mean
+    peak memory and how many seeds it ran. Also the archive member record: a stored
+    archive version is a list of `to_row()` dicts."""
 
     candidate_id: str
     val_bpb: float
     peak_mem_mb: float
-    val_std: float = 0.0
+    val_bpb_std: float = 0.0  # spread of its own runs over seeds
     n_seeds: int = 1
+    val_bpb_se: float = 0.0  # standard error of `val_bpb` as an estimate of the true value
 
     @property
     def objectives(self) -> tuple[float, float]:
         return (self.val_bpb, self.peak_mem_mb)
+
+    def to_row(self) -> dict:
+        return {"candidate_id": self.candidate_id, "val_bpb": self.val_bpb, "peak_mem_mb": self.peak_mem_mb,
+                "val_bpb_std": self.val_bpb_std, "n_seeds": self.n_seeds, "val_bpb_se": self.val_bpb_se}
+
+    @classmethod
+    def from_row(cls, row: dict) -> Point:
+        """A stored archive row (rows written before the rename carry `val_std`)."""
+        return cls(str(row["candidate_id"]), float(row["val_bpb"]), float(row["peak_mem_mb"]),
+                   float(row.get("val_bpb_std", row.get("val_std", 0.0))), int(row.get("n_seeds", 1)),
+                   float(row.get("val_bpb_se", 0.0)))
 
 
 @dataclass(frozen=True)
@@ -80,6 +97,17 @@ def epsilon_front(points: list[Point], eps: tuple[float, float]) -> list[Point]:
     boxes = list(best_in_box)
     front = [best_in_box[b] for b in boxes if not any(dominates(o, b) for o in boxes)]
     return sorted(front, key=lambda p: (p.val_bpb, p.peak_mem_mb, p.candidate_id))
+
+
+def _with_best(front: list[Point], points: list[Point]) -> list[Point]:
+    """The front plus the point with the lowest val_bpb when an epsilon box dropped it
+    (a box keeps the point nearest its corner, which may be a little worse on val_bpb):
+    the best member on the main objective is an extreme of the front and always stays."""
+    best = min(points, key=lambda p: (p.val_bpb, p.peak_mem_mb, p.candidate_id), default=None)
+    if best is None or any(p.candidate_id == best.candidate_id for p in front):
+        return front
+    kept = [p for p in front if not dominates(best.objectives, p.objectives)]
+    return sorted(kept + [best], key=lambda p: (p.val_bpb, p.peak_mem_mb, p.candidate_id))
 
 
 def nondominated(points: list[Point]) -> list[Point]:
@@ -143,7 +171,8 @@ class ParetoArchive:
     def build(cls, points: list[Point], eps: tuple[float, float], ref: tuple[float, float],
               constraints: Constraints | None = None) -> ParetoArchive:
         arch = cls(eps=eps, ref=ref, constraints=constraints or Constraints())
-        arch.members = epsilon_front([p for p in points if arch.constraints.violation(p) is None], eps)
+        feasible = [p for p in points if arch.constraints.violation(p) is None]
+        arch.members = _with_best(epsilon_front(feasible, eps), feasible)
         return arch
 
     def add(self, p: Point) -> bool:
@@ -151,7 +180,7 @@ class ParetoArchive:
         if self.constraints.violation(p) is not None:
             return False
         others = [m for m in self.members if m.candidate_id != p.candidate_id]
-        self.members = epsilon_front(others + [p], self.eps)
+        self.members = _with_best(epsilon_front(others + [p], self.eps), others + [p])
         return any(m.candidate_id == p.candidate_id for m in self.members)
 
     def ids(self) -> list[str]:

@@ -1,33 +1,49 @@
-"""Noise statistics: when is a child really better than its parent?
+"""Noise statistics: how sure are we that a child is really better than its parent?
 
-Flow: the root's runs over several seeds give the noise floor (the spread of val_bpb and
-peak memory when only the seed changes), and epsilon for the archive. During a
-generation each child is compared with its parent on the *same* seeds (a paired
-one-sided t-test from scipy on the per-seed differences, with the variance pooled over
-earlier generations' pairs once there are enough of them); racing gives promising
-children more seeds, up to a limit, before a decision; at the end of the generation the
-Benjamini-Hochberg procedure keeps the false-discovery rate across all of the
-generation's children at `fdr`. Archive members are re-scored on fresh seeds every few
-generations and fall out when their advantage no longer holds.
+Flow: the root's runs give the noise floor (the spread of val_bpb when only the seed
+changes). Every child is measured in rounds; each round puts the child and a control run
+of its parent on the same fresh seed in the same batch (common random numbers, paired in
+time), so machine load and seed luck cancel in the difference d = child - parent. This
+module turns those differences into a posterior for the child's true gain delta:
 
-The seeds themselves come from here (`race_seed`, `rescore_seed`): the loop picks them,
-a candidate never does.
+- prior: delta ~ Cauchy(mu0, gamma), fitted (empirical Bayes) to the first-round
+  differences of earlier children (median and interquartile range, the pair noise taken
+  out), with mu0 never below 0 (a change is not presumed to help). Most changes do about
+  nothing and a few do a lot: the Cauchy's narrow body pulls small lucky differences
+  back while its tail, heavier than the noise's, lets a large real gain through; a weak
+  default before there are enough children;
+- likelihood: Student t with `NU` degrees of freedom (heavy tails: one load spike does
+  not decide), scale per candidate, shrunk towards the pooled pair noise
+  (hierarchical: `K0` pseudo-pairs of the pool plus the child's own winsorized spread);
+- the pool is robust: the median of halved squared successive differences.
 
-What it does not do: run anything or keep state. Every function is pure, so the loop can
-recompute every decision from the store after a restart and reach the same answer.
+The posterior probability of *no gain*, P(delta >= 0 | data), is what racing and
+acceptance read. A posterior computed with the prior that generated the data does not
+depend on the stopping rule (the likelihood principle), so stopping early for futility
+or success is accounted for, and the posterior mean shrinks lucky children (no
+winner's curse) as long as the prior fits. Memory, nearly noiseless, keeps a plain
+paired t-test.
+
+The seeds come from here too: every child's every round gets a fresh seed (its parent's
+control runs on the same one), re-scoring gets its own, and a candidate never picks one.
+
+What it does not do: run anything or keep state. Every function is pure, so the loop
+can recompute every decision from the store after a restart and reach the same answer.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.special import stdtr  # Student t CDF; scipy.stats would cost seconds of import
+from scipy.special import stdtr  # scipy.stats would cost seconds of import
 
-# (val_bpb, peak_mem_mb) of one run
-Measurement = tuple[float, float]
+NU = 4.0  # degrees of freedom of the heavy-tailed pair noise
+K0 = 5.0  # pseudo-pairs of pooled noise in a candidate's own scale
+MIN_PRIOR_CHILDREN = 6  # first-round differences needed before the prior is fitted
+_CHI2_1_MEDIAN = 0.454936  # median of chi-square with 1 degree of freedom
 
 
 @dataclass(frozen=True)
@@ -43,12 +59,18 @@ class NoiseFloor:
     def epsilon(self, scale: float = 1.0, min_rel_mem: float = 0.01) -> tuple[float, float]:
         """Archive box sizes: `scale` noise standard deviations, never below a small
         fraction of the root's value (a noiseless objective still needs a resolution)."""
-        eps_val = max(scale * self.val_std, 1e-4 * abs(self.val_mean), 1e-9)
-        eps_mem = max(scale * self.mem_std, min_rel_mem * abs(self.mem_mean), 1e-6)
-        return (eps_val, eps_mem)
+        return epsilon(self.val_std, self.mem_std, self.val_mean, self.mem_mean, scale, min_rel_mem)
 
 
-def noise_floor(runs: list[Measurement]) -> NoiseFloor:
+def epsilon(val_std: float, mem_std: float, val_mean: float, mem_mean: float, scale: float = 1.0,
+            min_rel_mem: float = 0.01) -> tuple[float, float]:
+    eps_val = max(scale * val_std, 1e-4 * abs(val_mean), 1e-9)
+    eps_mem = max(scale * mem_std, min_rel_mem * abs(mem_mean), 1e-6)
+    return (eps_val, eps_mem)
+
+
+def noise_floor(runs: Sequence[tuple[float, float]]) -> NoiseFloor:
+    """From (val_bpb, peak_mem_mb) of the root's runs on different seeds."""
     if len(runs) < 2:
         raise ValueError("the noise floor needs the root measured on at least 2 seeds")
     arr = np.asarray(runs, dtype=float)
@@ -58,151 +80,120 @@ def noise_floor(runs: list[Measurement]) -> NoiseFloor:
     )
 
 
-@dataclass(frozen=True)
-class PooledNoise:
-    """Within-pair variance of child-minus-parent differences, pooled over many pairs
-    (earlier generations). With it a child needs far fewer seeds for the same power
-    than a t-test on its own few differences, assuming the run-to-run noise of a
-    difference is about the same for every candidate."""
-
-    var_val: float
-    var_mem: float
-    df: int
-
-
-def pooled_noise(pairs: list[tuple[list[float], list[float]]]) -> PooledNoise | None:
-    """Pool the (val, mem) differences of each pair that has at least 2 seeds."""
-    ss_val = ss_mem = 0.0
-    df = 0
-    for d_val, d_mem in pairs:
-        if len(d_val) < 2:
-            continue
-        v, m = np.asarray(d_val, dtype=float), np.asarray(d_mem, dtype=float)
-        ss_val += float(((v - v.mean()) ** 2).sum())
-        ss_mem += float(((m - m.mean()) ** 2).sum())
-        df += len(v) - 1
-    if df < 5:
+def pair_noise_var(series: Sequence[Sequence[float]]) -> float | None:
+    """Robust variance of one paired difference, pooled over candidates: each series is
+    one candidate's differences in round order; the median of (d_i - d_i+1)^2 / 2 over
+    all of them, scaled to a variance (heavy tails and true gains do not inflate it).
+    None with fewer than 3 such terms."""
+    terms = [0.5 * (s[i] - s[i + 1]) ** 2 for s in series for i in range(len(s) - 1)]
+    if len(terms) < 3:
         return None
-    return PooledNoise(ss_val / df, ss_mem / df, df)
+    return float(np.median(terms)) / _CHI2_1_MEDIAN
 
 
-def one_sided_p(diffs: np.ndarray, pooled_var: float | None = None, pooled_df: int = 0) -> float:
-    """p-value of H0 "mean difference >= 0" against H1 "< 0" (paired t-test on the
-    differences). With `pooled_var` the variance comes from the pool (df `pooled_df`),
-    unless the differences themselves (3 or more) spread more. With no spread at all the
-    answer is exact: 0 when all differences are negative, 1 otherwise."""
-    diffs = np.asarray(diffs, dtype=float)
-    if len(diffs) == 0:
+@dataclass(frozen=True)
+class Prior:
+    """Prior of a child's true gain (child - parent val_bpb; negative is better):
+    Cauchy with this location and scale."""
+
+    mean: float
+    scale: float
+    n: int  # first-round differences it was fitted to (0: the default)
+
+
+def fit_prior(first_diffs: Sequence[float], pair_var: float) -> Prior:
+    """Empirical Bayes: first-round differences d1 = delta + noise. Location: their
+    median, never below 0; scale: half their interquartile range with the pair noise
+    taken out, never below half the pair noise's sd. Before `MIN_PRIOR_CHILDREN` children:
+    location 0, scale twice the pair noise's sd (weak)."""
+    sd_pair = math.sqrt(pair_var)
+    if len(first_diffs) < MIN_PRIOR_CHILDREN:
+        return Prior(0.0, 2.0 * sd_pair, 0)
+    q1, med, q3 = np.percentile(np.asarray(first_diffs, dtype=float), [25, 50, 75])
+    # a normal's half-IQR is 0.674 sd: take the noise's share out of the spread
+    spread = max((0.5 * (q3 - q1)) ** 2 - (0.674 * sd_pair) ** 2, 0.0)
+    return Prior(max(float(med), 0.0), max(math.sqrt(spread), 0.5 * sd_pair), len(first_diffs))
+
+
+@dataclass(frozen=True)
+class Posterior:
+    """A child's true gain given its paired differences (negative is better)."""
+
+    n: int
+    mean: float  # posterior mean of delta (shrunk towards the prior)
+    sd: float
+    p_no_gain: float  # P(delta >= 0 | data)
+    mean_diff: float  # plain mean of the differences (for people)
+
+
+def posterior(diffs: Sequence[float], prior: Prior, pair_var: float) -> Posterior:
+    """Grid posterior of delta under the Cauchy prior x prod Student-t(NU) likelihood
+    (the likelihood is negligible beyond 12 scales, the grid's edge). The t scale is the
+    candidate's own: K0 pseudo-pairs at `pair_var` plus its own spread."""
+    d = np.asarray(diffs, dtype=float)
+    n = len(d)
+    if n == 0:
+        return Posterior(0, prior.mean, math.inf, 0.5 + math.atan(prior.mean / prior.scale) / math.pi, math.nan)
+    # the candidate's own spread, winsorized at 3 pair-noise sd around its median so
+    # one spike widens neither its scale nor (through it) its likelihood
+    w = np.clip(d, np.median(d) - 3 * math.sqrt(pair_var), np.median(d) + 3 * math.sqrt(pair_var))
+    own_ss = float(((w - w.mean()) ** 2).sum()) if n > 1 else 0.0
+    var = (K0 * pair_var + own_ss) / (K0 + n - 1)
+    scale = math.sqrt(var * (NU - 2.0) / NU)
+    lo = min(prior.mean - 12 * prior.scale, float(d.min()) - 12 * scale)
+    hi = max(prior.mean + 12 * prior.scale, float(d.max()) + 12 * scale)
+    grid = np.linspace(lo, hi, 4001)
+    u = (grid - prior.mean) / prior.scale
+    logp = -np.log1p(u * u)
+    z = (d[None, :] - grid[:, None]) / scale
+    logp = logp - 0.5 * (NU + 1.0) * np.log1p(z * z / NU).sum(axis=1)
+    w = np.exp(logp - logp.max())
+    w /= w.sum()
+    mean = float((w * grid).sum())
+    sd = math.sqrt(max(float((w * (grid - mean) ** 2).sum()), 0.0))
+    p0 = float(w[grid >= 0].sum())
+    return Posterior(n, mean, sd, min(max(p0, 0.0), 1.0), float(d.mean()))
+
+
+def one_sided_p(diffs: Sequence[float], margin: float = 0.0) -> float:
+    """p-value of H0 "mean difference >= -margin" against H1 "< -margin" (paired t-test).
+    With no spread the answer is exact: 0 when all differences are below -margin, 1
+    otherwise; one difference says nothing (1)."""
+    d = np.asarray(diffs, dtype=float) + margin
+    n = len(d)
+    if n < 2:
         return 1.0
-    if pooled_var is not None and pooled_var > 0:
-        n = len(diffs)
-        var, df = pooled_var, pooled_df
-        if n >= 3 and float(diffs.var(ddof=1)) > var:
-            var, df = float(diffs.var(ddof=1)), n - 1
-        t = float(diffs.mean()) / math.sqrt(var / n)
-        return float(stdtr(df, t))
-    if len(diffs) == 1 or np.allclose(diffs, diffs[0], rtol=0, atol=1e-12):
-        return 0.0 if np.all(diffs < 0) and len(diffs) > 1 else 1.0
-    # the one-sample t-test of scipy.stats.ttest_1samp(diffs, 0, alternative="less"),
-    # written out because it runs thousands of times per generation (tests compare the two)
-    n = len(diffs)
-    sd = float(diffs.std(ddof=1))
-    t = float(diffs.mean()) / (sd / math.sqrt(n))
+    if np.allclose(d, d[0], rtol=0, atol=1e-12):
+        return 0.0 if np.all(d < 0) else 1.0
+    t = float(d.mean()) / (float(d.std(ddof=1)) / math.sqrt(n))
     p = float(stdtr(n - 1, t))
     return 1.0 if math.isnan(p) else p
 
 
-@dataclass(frozen=True)
-class PairedResult:
-    """A child against its parent on their shared seeds (differences child - parent)."""
+# -- seeds: chosen by the loop, never by a candidate -----------------------------------------
 
-    n: int
-    mean_diff_val: float
-    mean_diff_mem: float
-    p_val: float  # one-sided: child's val_bpb lower
-    p_mem: float  # one-sided: child's memory lower by more than the margin
-    p: float  # the candidate's p-value: better on at least one objective
-    mem_margin: float = 0.0
-    informative: bool = True  # False: one seed and no pooled variance, p says nothing yet
-
-    def looks_better(self) -> bool:
-        """Worth more seeds: its mean is better on one objective (memory by more than
-        the margin)."""
-        return self.n > 0 and (self.mean_diff_val < 0 or self.mean_diff_mem < -self.mem_margin)
+ROUND_STRIDE = 1000  # seeds of generation g lie in [g * 1000, g * 1000 + 1000)
+RESCORE_OFFSET = 500  # re-scoring seeds of generation g start at g * 1000 + 500
+MAX_CHILDREN = 50  # children (or re-scored members) per generation the seed plan has room for
+MAX_ROUNDS = 10  # rounds per child (seeds.max) the seed plan has room for
 
 
-def paired_comparison(
-    child: Mapping[int, Measurement], parent: Mapping[int, Measurement],
-    eps: tuple[float, float], mem_margin: float = 0.0, pooled: PooledNoise | None = None,
-) -> PairedResult:
-    """Compare on the seeds both were measured on. `p` is the evidence that the child
-    is better on at least one objective (the two one-sided p-values with a Bonferroni
-    factor of 2); a memory gain must exceed `mem_margin`. Whether a child that is worse
-    on the other objective is still worth keeping is the archive's question (it must be
-    epsilon-non-dominated there)."""
-    seeds = sorted(set(child) & set(parent))
-    if not seeds:
-        return PairedResult(0, math.nan, math.nan, 1.0, 1.0, 1.0)
-    c = np.asarray([child[s] for s in seeds], dtype=float)
-    q = np.asarray([parent[s] for s in seeds], dtype=float)
-    d_val = c[:, 0] - q[:, 0]
-    d_mem = c[:, 1] - q[:, 1]
-    if pooled is None:
-        p_val = one_sided_p(d_val)
-        p_mem = one_sided_p(d_mem + mem_margin)
-    else:
-        p_val = one_sided_p(d_val, pooled.var_val, pooled.df)
-        p_mem = one_sided_p(d_mem + mem_margin, pooled.var_mem, pooled.df)
-    m_val, m_mem = float(d_val.mean()), float(d_mem.mean())
-    p = min(1.0, 2.0 * min(p_val, p_mem))
-    return PairedResult(len(seeds), m_val, m_mem, p_val, p_mem, p, mem_margin,
-                        informative=pooled is not None or len(seeds) >= 2)
-
-
-def benjamini_hochberg(pvalues: Mapping[str, float], q: float) -> set[str]:
-    """The ids whose null hypotheses are rejected at false-discovery rate `q`."""
-    if not pvalues:
-        return set()
-    items = sorted(pvalues.items(), key=lambda kv: (kv[1], kv[0]))
-    m = len(items)
-    k = 0
-    for i, (_, p) in enumerate(items, start=1):
-        if p <= q * i / m:
-            k = i
-    return {cid for cid, _ in items[:k]}
-
-
-@dataclass(frozen=True)
-class RacePolicy:
-    """How many seeds a child gets: `initial` first; while it still looks better and is
-    not yet clearly significant, `per_round` more, up to `max_seeds`."""
-
-    initial: int = 1
-    per_round: int = 1
-    max_seeds: int = 4
-    stop_p: float = 0.01  # clearly significant already: no more seeds
-    continue_p: float = 1.0  # futility: stop once p is above this (when p is informative)
-
-    def next_count(self, n_done: int, result: PairedResult) -> int:
-        """The number of seeds the child should have, given its comparison so far over
-        `n_done` seeds. Returns `n_done` when racing is over."""
-        if n_done < self.initial:
-            return self.initial
-        if n_done >= self.max_seeds or not result.looks_better() or result.p <= self.stop_p:
-            return n_done
-        if result.informative and result.p > self.continue_p:
-            return n_done
-        return min(self.max_seeds, n_done + self.per_round)
-
-
-def race_seed(k: int) -> int:
-    """The k-th seed of the shared sequence used for roots, children and pairing."""
+def root_seed(k: int) -> int:
+    """The root's k-th noise-floor seed (generation 0)."""
     return k
 
 
-RESCORE_BASE = 100_000
+def round_seed(generation: int, idx: int, rnd: int) -> int:
+    """The seed of round `rnd` of child `idx` of generation `generation`: fresh for every
+    child and round, shared by the child's run and its parent's control run."""
+    if not (0 <= idx < MAX_CHILDREN and 0 <= rnd < MAX_ROUNDS):
+        raise ValueError(f"child {idx} round {rnd} outside the seed plan ({MAX_CHILDREN} x {MAX_ROUNDS})")
+    return generation * ROUND_STRIDE + idx * MAX_ROUNDS + rnd
 
 
-def rescore_seed(generation: int, j: int, per_round: int) -> int:
-    """Fresh seeds for re-scoring archive members, disjoint from the racing sequence."""
-    return RESCORE_BASE + generation * per_round + j
+def rescore_seed(generation: int, k: int, j: int) -> int:
+    """Fresh seed j for re-scoring the k-th archive member in generation `generation`
+    (its parent's control runs on the same seed), disjoint from the racing rounds."""
+    if not (0 <= k < MAX_CHILDREN and 0 <= j < MAX_ROUNDS):
+        raise ValueError(f"member {k} seed {j} outside the seed plan ({MAX_CHILDREN} x {MAX_ROUNDS})")
+    return generation * ROUND_STRIDE + RESCORE_OFFSET + k * MAX_ROUNDS + j

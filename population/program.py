@@ -8,7 +8,8 @@ loop; the prose goes verbatim into every proposal's context.
     budget_s = 60            # training seconds per run
     population = 4           # children per generation
     model = "..."            # default litellm model of every persona (optional)
-    [seeds]    root, initial, max, per_round, fdr, epsilon_scale, rescore_every, rescore_seeds
+    [seeds]    root, initial, max, per_round, accept_p, futility_p, epsilon_scale, rescore_every,
+               rescore_seeds
     [stop]     generations, target_val_bpb, max_cost_usd, max_hours
     [constraints]  max_peak_mem_mb, max_val_bpb
     [search]   lookahead, proposal_workers, bandit_floor, parent_floor, crossover_rate
@@ -52,11 +53,10 @@ class ProgramConfig:
     initial_seeds: int = 1
     max_seeds: int = 4
     seeds_per_round: int = 1
-    race_stop_p: float = 0.01
-    race_continue_p: float = 1.0
-    fdr: float = 0.2
-    epsilon_scale: float = 1.0
-    rescore_every: int = 3
+    accept_p: float = 0.1  # accept when P(no gain) <= accept_p / 2 (val_bpb; memory likewise)
+    futility_p: float = 0.4  # stop racing a child whose P(no gain) is above this
+    epsilon_scale: float = 0.5  # archive box size in single-run noise standard deviations
+    rescore_every: int = 4
     rescore_seeds: int = 1
     # [stop]
     generations: int = 10
@@ -105,8 +105,12 @@ class ProgramConfig:
             (self.root_seeds >= 2, "seeds", "root", "must be at least 2 (the noise floor needs a spread)"),
             (self.initial_seeds >= 1, "seeds", "initial", "must be at least 1"),
             (self.max_seeds >= self.initial_seeds, "seeds", "max", "must be >= seeds.initial"),
+            (self.max_seeds <= 10, "seeds", "max", "must be at most 10 (the seed plan, population.noise)"),
+            (self.rescore_seeds <= 10, "seeds", "rescore_seeds", "must be at most 10 (the seed plan)"),
+            (self.population <= 50, None, "population", "must be at most 50 (the seed plan, population.noise)"),
             (self.seeds_per_round >= 1, "seeds", "per_round", "must be at least 1"),
-            (0 < self.fdr < 1, "seeds", "fdr", "must be in (0, 1)"),
+            (0 < self.accept_p < 1, "seeds", "accept_p", "must be in (0, 1)"),
+            (0 < self.futility_p <= 1, "seeds", "futility_p", "must be in (0, 1]"),
             (self.epsilon_scale > 0, "seeds", "epsilon_scale", "must be positive"),
             (self.rescore_every >= 0, "seeds", "rescore_every", "must be >= 0 (0: never)"),
             (self.rescore_seeds >= 0, "seeds", "rescore_seeds", "must be >= 0"),
@@ -128,8 +132,7 @@ _SECTIONS: dict[str, dict[str, tuple[str, tuple[type, ...]]]] = {
     "seeds": {
         "root": ("root_seeds", (int,)), "initial": ("initial_seeds", (int,)),
         "max": ("max_seeds", (int,)), "per_round": ("seeds_per_round", (int,)),
-        "race_stop_p": ("race_stop_p", (int, float)), "race_continue_p": ("race_continue_p", (int, float)),
-        "fdr": ("fdr", (int, float)),
+        "accept_p": ("accept_p", (int, float)), "futility_p": ("futility_p", (int, float)),
         "epsilon_scale": ("epsilon_scale", (int, float)),
         "rescore_every": ("rescore_every", (int,)), "rescore_seeds": ("rescore_seeds", (int,)),
     },

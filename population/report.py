@@ -13,6 +13,7 @@ import os
 import time
 
 from arena.records import FAILURES, Status
+from population.archive import Point
 from population.bandit import PersonaStats, choice_probabilities
 from population.store import Store
 
@@ -55,10 +56,10 @@ def status_text(store: Store) -> str:
         lines.append(f"noise floor: val_bpb std {floor['val_std']:.5f} over {floor['n_seeds']} root seeds")
     if gens:
         lines.append("archive:")
-        for r in sorted(gens[-1].archive, key=lambda r: r["val_bpb"]):
-            c = store.candidate(r["candidate_id"])
-            lines.append(f"  {c.id:10s} val_bpb {r['val_bpb']:.4f} +- {r.get('val_std', 0):.4f} "
-                         f"({r.get('n_seeds', 1)} seeds)  mem {r['peak_mem_mb']:.0f} MB  "
+        for p in sorted((Point.from_row(r) for r in gens[-1].archive), key=lambda p: p.val_bpb):
+            c = store.candidate(p.candidate_id)
+            lines.append(f"  {c.id:10s} val_bpb {p.val_bpb:.4f} +- {p.val_bpb_std:.4f} "
+                         f"({p.n_seeds} seeds)  mem {p.peak_mem_mb:.0f} MB  "
                          f"{c.persona}: {c.hypothesis[:60]}")
     return "\n".join(lines)
 

@@ -1,7 +1,8 @@
 """Parent selection: which archive members get children this generation.
 
-Flow: after a generation is finalized the loop asks for parents from the archive. Not
-only the best: every member has a floor weight, extremes of the front and members with
+Flow: after a generation is finalized the loop asks for parents from the archive.
+Personas that prefer the best get a Thompson draw over the members' val_bpb estimates
+(depth where the evidence points). Not only the best: every member has a floor weight, extremes of the front and members with
 a large crowding distance or hypervolume contribution weigh more, so the search keeps
 exploring the whole memory/quality trade-off instead of collapsing onto one lineage.
 
@@ -43,11 +44,19 @@ def select_parent(members: list[Point], ref: tuple[float, float], rng: random.Ra
     return rng.choices(ordered, weights=[weights[p.candidate_id] for p in ordered], k=1)[0]
 
 
+def thompson_best(members: list[Point], rng: random.Random) -> Point:
+    """Thompson sampling: draw each member's val_bpb from Normal(estimate, its standard
+    error) and take the lowest draw, so a member that is probably the best gets most
+    children and one that might be gets some."""
+    ordered = sorted(members, key=lambda p: p.candidate_id)
+    return min(ordered, key=lambda p: (p.val_bpb + p.val_bpb_se * rng.gauss(0.0, 1.0), p.peak_mem_mb))
+
+
 def select_for(prefers: str, members: list[Point], ref: tuple[float, float], rng: random.Random,
                floor: float = 0.2, best_share: float = 0.7) -> Point:
     """A persona's preference (agents.personas: "best", "frontier", "failed"): "best"
-    takes the lowest-val_bpb member `best_share` of the time and a diversity draw
-    otherwise; anything else is a diversity draw."""
+    takes a Thompson draw for the lowest val_bpb `best_share` of the time and a diversity
+    draw otherwise; anything else is a diversity draw."""
     if prefers == "best" and rng.random() < best_share:
-        return min(members, key=lambda p: (p.val_bpb, p.peak_mem_mb, p.candidate_id))
+        return thompson_best(members, rng)
     return select_parent(members, ref, rng, floor)

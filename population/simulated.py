@@ -11,7 +11,13 @@ changing one knob constant, deterministically given the context. Tests, `evolve
 Noise model: on seed s, observed = true + sigma * (rho * z(s) + sqrt(1 - rho^2) * z(file, s)):
 part of a seed's luck is shared by every candidate run on that seed (so paired
 comparisons cancel it), part is idiosyncratic. Identical files on identical seeds give
-identical results.
+identical results. Optionally the noise also depends on *when* a run is made, as on a
+shared machine whose budget is wall time (`Landscape.drift`, `spike_prob`, `hetero`,
+`tail_df`; all off by default): slow load drift, load spikes that hit every run of a
+batch (the runs submitted together), a noise level that differs between candidates, and
+heavy-tailed idiosyncratic noise. The arena's submission count is its clock and a batch
+is the runs submitted between two polls that returned results (they start together and
+share the machine), so then a run's result depends on when it is submitted.
 
 What it does not do: train, sandbox or measure anything real. Its numbers are
 synthetic and say nothing about a real train.py.
@@ -117,6 +123,12 @@ class Landscape:
     mem_rel_noise: float = 0.002
     mem_limit_mb: float = 8000.0  # above this the run "OOMs"
     salt: int = 0  # another salt, another (equally distributed) draw of the noise
+    # time-dependent noise (t: the run's submission index, batch: the runs submitted together)
+    drift: float = 0.0  # amplitude of slow load drift, in sigmas
+    spike_prob: float = 0.0  # probability that a batch is hit by a load spike
+    spike_size: float = 6.0  # a spike adds spike_size * sigma * (1 + Exp(1)) to every run of its batch
+    hetero: float = 0.0  # per-candidate noise scale exp(hetero * N(0, 1))
+    tail_df: float = 0.0  # idiosyncratic noise Student t with this many degrees of freedom (0: normal)
 
     def true(self, knobs: dict[str, float]) -> tuple[float, float]:
         k = {**_DEFAULTS, **knobs}
@@ -134,13 +146,30 @@ class Landscape:
         mem = 100.0 + params * 16.0 / 1e6 + batch * depth * width * 256 * 32.0 / 1e6
         return val, mem
 
-    def observe(self, knobs: dict[str, float], seed: int) -> tuple[float, float]:
+    def observe(self, knobs: dict[str, float], seed: int, t: int = 0, batch: int = 0) -> tuple[float, float]:
         val, mem = self.true(knobs)
         ident = tuple(sorted(knobs.items()))
-        z = (self.rho * _gauss("seed", self.salt, seed)
-             + math.sqrt(1 - self.rho**2) * _gauss("run", self.salt, ident, seed))
+        own = _gauss("run", self.salt, ident, seed)
+        if self.tail_df > 0:  # Student t with unit variance, from the same deterministic draw
+            r = random.Random(f"tail:{self.salt}:{ident}:{seed}")
+            chi2 = sum(r.gauss(0.0, 1.0) ** 2 for _ in range(int(self.tail_df)))
+            own = own / math.sqrt(chi2 / self.tail_df) * math.sqrt((self.tail_df - 2) / self.tail_df)
+        scale = math.exp(self.hetero * _gauss("hetero", self.salt, ident)) if self.hetero else 1.0
+        z = self.rho * _gauss("seed", self.salt, seed) + math.sqrt(1 - self.rho**2) * scale * own
         mem_z = _gauss("mem", self.salt, ident, seed)
-        return val + self.sigma * z, mem * (1.0 + self.mem_rel_noise * mem_z)
+        return val + self.sigma * (z + self.load(t, batch)), mem * (1.0 + self.mem_rel_noise * mem_z)
+
+    def load(self, t: int, batch: int) -> float:
+        """The machine's load at run t of batch `batch`, in sigmas (0 with time noise off)."""
+        out = 0.0
+        if self.drift:
+            p1, p2 = 1.0 + abs(_gauss("phase1", self.salt)), 1.0 + abs(_gauss("phase2", self.salt))
+            out += self.drift * (math.sin(2 * math.pi * t / 160.0 + p1) + 0.5 * math.sin(2 * math.pi * t / 47.0 + p2))
+        if self.spike_prob:
+            r = random.Random(f"spike:{self.salt}:{batch}")
+            if r.random() < self.spike_prob:
+                out += self.spike_size * (1.0 + r.expovariate(1.0))
+        return out
 
     def failure(self, knobs: dict[str, float]) -> tuple[Status, str] | None:
         k = {**_DEFAULTS, **knobs}
@@ -186,6 +215,7 @@ class SimulatedArena:
         self._closed = False
         self._files: dict[str, str] = {}
         self.submitted = 0
+        self._epoch = 0  # runs submitted between two polls that return results start together
 
     def free_slots(self) -> int:
         with self._lock:
@@ -200,8 +230,8 @@ class SimulatedArena:
             raise ValueError(f"budget_s must be positive, got {req.budget_s}")
         if req.commit not in self._files:
             self._files[req.commit] = self.read_train_py(req.commit)
-        result = self._score(req, self._files[req.commit])
         with self._lock:
+            result = self._score(req, self._files[req.commit], self.submitted, self._epoch)
             if self._closed:
                 raise ArenaClosed("the simulated arena is closed")
             self.submitted += 1
@@ -213,7 +243,7 @@ class SimulatedArena:
     def _start(self, at: float, result: RunResult) -> None:
         heapq.heappush(self._pending, _Pending(at + self.run_seconds, next(self._order), result))
 
-    def _score(self, req: RunRequest, train_py: str) -> RunResult:
+    def _score(self, req: RunRequest, train_py: str, t: int, batch: int) -> RunResult:
         base = {"candidate_id": req.candidate_id, "commit": req.commit, "seed": req.seed,
                 "device_type": self.device_type, "device_name": self.device_name}
         try:
@@ -223,7 +253,7 @@ class SimulatedArena:
         failed = self.landscape.failure(knobs)
         if failed is not None:
             return RunResult(status=failed[0], message=failed[1], **base)
-        val, mem = self.landscape.observe(knobs, req.seed)
+        val, mem = self.landscape.observe(knobs, req.seed, t, batch)
         return RunResult(
             status=Status.EVALUATED, val_bpb=val, test_bpb=val + 0.002, peak_mem_mb=mem,
             training_seconds=req.budget_s, wall_seconds=self.run_seconds,
@@ -245,6 +275,8 @@ class SimulatedArena:
                 out.append(p.result)
                 if self._queued:  # the freed slot takes the next queued run at once
                     self._start(p.ready_at, self._queued.popleft())
+            if out:
+                self._epoch += 1
             return out
 
     def cancel(self, candidate_id: str) -> int:
@@ -356,10 +388,11 @@ def prepare_py_text() -> str:
 def simulated_loop(run_dir, config, *, slots: int = 2, sigma: float = 0.01, run_seconds: float = 0.0,
                    proposer=None, personas: list[str] | None = None, program_md: str = "", on_event=None,
                    salt: int = 0, preferences: dict[str, str] | None = None,
-                   crossover_personas: set[str] | None = None):
+                   crossover_personas: set[str] | None = None, landscape: Landscape | None = None):
     """Build (or reopen) a simulated run in `run_dir`: real git repository, real store,
     simulated arena, deterministic proposer unless one is given. Returns
-    (loop, store, repo, arena); the caller closes store and arena."""
+    (loop, store, repo, arena); the caller closes store and arena. `landscape` replaces
+    the default `Landscape(sigma, salt)`."""
     from pathlib import Path
 
     from arena.repo import ExperimentRepo
@@ -373,7 +406,7 @@ def simulated_loop(run_dir, config, *, slots: int = 2, sigma: float = 0.01, run_
         repo = ExperimentRepo.create(run_dir, SIM_TRAIN_PY, prepare_py_text(), program_md or "+++\n+++\n")
     store = Store.open(store_path(run_dir))
     arena = SimulatedArena(lambda c: repo.read_file(c, "train.py"), slots=slots,
-                           landscape=Landscape(sigma=sigma, salt=salt), run_seconds=run_seconds)
+                           landscape=landscape or Landscape(sigma=sigma, salt=salt), run_seconds=run_seconds)
     loop = GenerationLoop(store, repo, arena, proposer or KnobProposer(salt=salt), config,
                           personas or ["explorer", "tuner"], slots=slots, on_event=on_event,
                           preferences=preferences or SIM_PREFERENCES, crossover_personas=crossover_personas)

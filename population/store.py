@@ -22,112 +22,30 @@ import sqlite3
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from enum import Enum
 from pathlib import Path
 from typing import Any, Self
 
 import sqlite_utils
 
 from arena.records import RunResult, Status, check_transition
+from population.migrations import MIGRATIONS
 
 log = logging.getLogger(__name__)
 
 STORE_FILENAME = "evolve.db"
 
-# Named migrations, applied in order and recorded in `schema_migrations`. Never edit a
-# released one: add a new one. A database whose recorded migrations are not a prefix of
-# this list was written by a newer (or foreign) version and is refused.
-MIGRATIONS: list[tuple[str, str]] = [
-    (
-        "0001_initial",
-        """
-        CREATE TABLE runs (
-            id INTEGER PRIMARY KEY,
-            started_at REAL NOT NULL,
-            ended_at REAL,
-            pid INTEGER NOT NULL,
-            argv TEXT NOT NULL,
-            config TEXT NOT NULL,
-            outcome TEXT
-        );
-        CREATE TABLE candidates (
-            id TEXT PRIMARY KEY,
-            generation INTEGER NOT NULL,
-            idx INTEGER NOT NULL,
-            parent_id TEXT REFERENCES candidates(id),
-            second_parent_id TEXT REFERENCES candidates(id),
-            commit_sha TEXT,
-            persona TEXT NOT NULL,
-            model TEXT NOT NULL DEFAULT '',
-            hypothesis TEXT NOT NULL DEFAULT '',
-            edit_format TEXT NOT NULL DEFAULT '',
-            status TEXT NOT NULL,
-            message TEXT NOT NULL DEFAULT '',
-            archive_version INTEGER NOT NULL,
-            created_at REAL NOT NULL,
-            updated_at REAL NOT NULL,
-            UNIQUE (generation, idx)
-        );
-        CREATE TABLE evaluations (
-            id INTEGER PRIMARY KEY,
-            candidate_id TEXT NOT NULL REFERENCES candidates(id),
-            seed INTEGER NOT NULL,
-            generation INTEGER NOT NULL,
-            purpose TEXT NOT NULL,
-            status TEXT NOT NULL,
-            message TEXT NOT NULL DEFAULT '',
-            val_bpb REAL,
-            test_bpb REAL,
-            peak_mem_mb REAL,
-            training_seconds REAL,
-            wall_seconds REAL,
-            device_type TEXT NOT NULL DEFAULT '',
-            device_name TEXT NOT NULL DEFAULT '',
-            log_path TEXT NOT NULL DEFAULT '',
-            claimed TEXT NOT NULL DEFAULT '{}',
-            started_at REAL NOT NULL,
-            finished_at REAL
-        );
-        -- a (candidate, seed) pair is measured at most once, interrupted attempts stay
-        -- on record beside the attempt that replaced them
-        CREATE UNIQUE INDEX evaluations_once ON evaluations (candidate_id, seed)
-            WHERE status != 'interrupted';
-        CREATE INDEX evaluations_candidate ON evaluations (candidate_id);
-        CREATE TABLE llm_calls (
-            id INTEGER PRIMARY KEY,
-            candidate_id TEXT,
-            persona TEXT NOT NULL DEFAULT '',
-            model TEXT NOT NULL DEFAULT '',
-            prompt_tokens INTEGER NOT NULL DEFAULT 0,
-            completion_tokens INTEGER NOT NULL DEFAULT 0,
-            cost_usd REAL NOT NULL DEFAULT 0,
-            latency_s REAL NOT NULL DEFAULT 0,
-            error TEXT NOT NULL DEFAULT '',
-            created_at REAL NOT NULL
-        );
-        CREATE TABLE events (
-            id INTEGER PRIMARY KEY,
-            created_at REAL NOT NULL,
-            generation INTEGER,
-            candidate_id TEXT,
-            kind TEXT NOT NULL,
-            message TEXT NOT NULL DEFAULT '',
-            payload TEXT NOT NULL DEFAULT '{}'
-        );
-        CREATE TABLE generations (
-            generation INTEGER PRIMARY KEY,
-            finished_at REAL NOT NULL,
-            hypervolume REAL NOT NULL,
-            archive TEXT NOT NULL,
-            statuses TEXT NOT NULL,
-            summary TEXT NOT NULL
-        );
-        CREATE TABLE meta (
-            key TEXT PRIMARY KEY,
-            value TEXT NOT NULL
-        );
-        """,
-    ),
-]
+class Purpose(str, Enum):
+    """Why the loop asked for a run (stored with the evaluation)."""
+
+    ROOT = "root"  # the root's noise-floor runs
+    INITIAL = "initial"  # a child's first seed
+    RACE = "race"  # a child's further seeds while it races
+    PAIR = "pair"  # a parent's control run, on a child's seed in the same batch
+    RESCORE = "rescore"  # an archive member on a fresh seed (its parent gets a control)
+
+
+CHILD_PURPOSES = frozenset({Purpose.INITIAL, Purpose.RACE})
 
 
 class StoreError(Exception):
@@ -161,6 +79,8 @@ class Candidate:
     hypothesis: str = ""
     edit_format: str = ""
     message: str = ""
+    repair_of: str | None = None  # the failed candidate this child was asked to repair
+    diff_hash: str = ""  # normalised diff hash from the guard ('' until checked)
     created_at: float = 0.0
     updated_at: float = 0.0
 
@@ -174,7 +94,7 @@ class Evaluation:
     candidate_id: str
     seed: int
     generation: int  # the generation during which the loop asked for it
-    purpose: str  # "initial", "race", "pair", "rescore", "root"
+    purpose: Purpose
     status: str
     message: str = ""
     val_bpb: float | None = None
@@ -363,7 +283,8 @@ class Store:
                     "commit_sha": c.commit, "persona": c.persona, "model": c.model,
                     "hypothesis": c.hypothesis, "edit_format": c.edit_format,
                     "status": c.status.value, "message": c.message,
-                    "archive_version": c.archive_version, "created_at": now, "updated_at": now,
+                    "archive_version": c.archive_version, "repair_of": c.repair_of,
+                    "diff_hash": c.diff_hash, "created_at": now, "updated_at": now,
                 }
             )
 
@@ -408,12 +329,25 @@ class Store:
 
     # -- evaluations ------------------------------------------------------------------
 
-    def start_evaluation(self, cid: str, seed: int, generation: int, purpose: str) -> int:
+    def record_diff_hash(self, cid: str, digest: str) -> None:
+        """The guard's normalised diff hash of a committed candidate; the first candidate
+        with a hash owns it in `known_diffs`."""
+        self._writable()
+        with self.db.atomic():
+            self.db["candidates"].update(cid, {"diff_hash": digest, "updated_at": time.time()})
+            self.db.execute("INSERT OR IGNORE INTO known_diffs (hash, candidate_id) VALUES (?, ?)", [digest, cid])
+
+    def known_diffs(self) -> dict[str, str | None]:
+        """Every normalised diff hash seen so far -> the candidate that first had it
+        (None for hashes carried over from a store older than migration 0002)."""
+        return {r["hash"]: r["candidate_id"] for r in self.db.query("SELECT hash, candidate_id FROM known_diffs")}
+
+    def start_evaluation(self, cid: str, seed: int, generation: int, purpose: Purpose) -> int:
         self._writable()
         with self.db.atomic():
             row = self.db["evaluations"].insert(
                 {"candidate_id": cid, "seed": seed, "generation": generation,
-                 "purpose": purpose, "status": "running", "started_at": time.time()}
+                 "purpose": Purpose(purpose).value, "status": "running", "started_at": time.time()}
             )
         return int(row.last_pk)
 
@@ -560,14 +494,14 @@ def _candidate(r: dict) -> Candidate:
         persona=r["persona"], status=Status(r["status"]), archive_version=r["archive_version"],
         commit=r["commit_sha"], second_parent_id=r["second_parent_id"], model=r["model"],
         hypothesis=r["hypothesis"], edit_format=r["edit_format"], message=r["message"],
-        created_at=r["created_at"], updated_at=r["updated_at"],
+        repair_of=r["repair_of"], diff_hash=r["diff_hash"], created_at=r["created_at"], updated_at=r["updated_at"],
     )
 
 
 def _evaluation(r: dict) -> Evaluation:
     return Evaluation(
         id=r["id"], candidate_id=r["candidate_id"], seed=r["seed"], generation=r["generation"],
-        purpose=r["purpose"], status=r["status"], message=r["message"], val_bpb=r["val_bpb"],
+        purpose=Purpose(r["purpose"]), status=r["status"], message=r["message"], val_bpb=r["val_bpb"],
         test_bpb=r["test_bpb"], peak_mem_mb=r["peak_mem_mb"], training_seconds=r["training_seconds"],
         wall_seconds=r["wall_seconds"], device_type=r["device_type"], device_name=r["device_name"],
         log_path=r["log_path"], started_at=r["started_at"], finished_at=r["finished_at"],

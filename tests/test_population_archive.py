@@ -97,3 +97,12 @@ def test_history_records_hypervolume_per_generation():
     arch.add(P("b", 1.0, 5.0))
     arch.record(1)
     assert arch.history == [(0, pytest.approx(2.5)), (1, pytest.approx(5.0))]
+
+
+def test_the_lowest_val_bpb_point_is_never_dropped_for_a_box_corner():
+    eps = (0.01, 10.0)
+    best = Point("best", 1.0049, 109.0)  # same val box as "lean", which sits nearer the corner
+    lean = Point("lean", 1.0051, 91.0)
+    arch = ParetoArchive.build([best, lean], eps, (2.0, 1000.0))
+    assert set(arch.ids()) == {"best", "lean"}
+    assert epsilon_front([best, lean], eps) == [lean]  # plain epsilon dominance would drop it

@@ -10,8 +10,8 @@ import pytest
 
 from agents.llm import LLMCallRecord
 from agents.proposal import InvalidEdit, Proposal, ProposalContext
-from arena.records import FAILURES, Status
-from population.loop import ROOT_ID, RootFailed
+from arena.records import FAILURES, RunOutcome, Status
+from population.loop import ROOT_ID, LoopError, RootFailed
 from population.program import ProgramConfig
 from population.simulated import KnobProposer, Landscape, read_knobs, set_knob, simulated_loop
 
@@ -45,6 +45,7 @@ def test_generations_run_end_to_end_with_paired_seeds_and_lineage_in_git(tmp_pat
         assert c.archive_version == expected
         if c.status in (Status.CONFIRMED, Status.REJECTED):
             mine = {e.seed for e in store.evaluations(c.id) if e.purpose in ("initial", "race")}
+            assert len(mine) >= 1 and all(s // 1000 == c.generation for s in mine)  # fresh seeds each generation
             theirs = {e.seed for e in store.evaluations(c.parent_id)}
             assert len(mine) >= cfg.initial_seeds and mine <= theirs  # paired on the same seeds
     evals = store.evaluations()
@@ -68,7 +69,7 @@ class NeutralProposer:
 
 
 def test_noise_does_not_fool_the_archive_where_keep_if_lower_would_be(tmp_path):
-    cfg = ProgramConfig(generations=3, population=6, fdr=0.1)
+    cfg = ProgramConfig(generations=3, population=6)
     loop, store, _, arena = simulated_loop(tmp_path / "run", cfg, proposer=NeutralProposer())
     arena.landscape = Landscape(sigma=0.02, rho=0.0)  # every run an independent draw
     loop.run()
@@ -246,8 +247,7 @@ def test_crossover_merges_two_archive_members_with_git(tmp_path):
 
 
 class ForgetfulArena:
-    """A simulated arena whose first run comes back without an outcome, as
-    LocalArena.cancel reports a called-off run (status proposed)."""
+    """A simulated arena whose first run comes back cancelled (RunOutcome.CANCELLED)."""
 
     def __init__(self, inner):
         self.inner, self.dropped = inner, 0
@@ -260,7 +260,7 @@ class ForgetfulArena:
         for r in self.inner.poll(timeout):
             if self.dropped == 0:
                 self.dropped += 1
-                r = dataclasses.replace(r, status=Status.PROPOSED, message="cancelled", val_bpb=None)
+                r = dataclasses.replace(r, outcome=RunOutcome.CANCELLED, message="cancelled", val_bpb=None)
             out.append(r)
         return out
 
@@ -301,4 +301,57 @@ def test_stopping_criteria_from_program_md(tmp_path):
     outcome = loop.run()
     arena.close()
     assert outcome.generations == 0 and outcome.stop_reason == "ran the maximum 1.0 hours"
+    store.close()
+
+
+class FailingArena(ForgetfulArena):
+    """The arena itself fails on the runs of one candidate `times` times in a row."""
+
+    def __init__(self, inner, victim, times):
+        super().__init__(inner)
+        self.victim, self.times = victim, times
+
+    def poll(self, timeout=0.0):
+        out = []
+        for r in self.inner.poll(timeout):
+            if r.candidate_id == self.victim and self.dropped < self.times:
+                self.dropped += 1
+                r = dataclasses.replace(r, outcome=RunOutcome.ARENA_ERROR, message="arena error: worker died",
+                                        status=Status.CRASHED, val_bpb=None)
+            out.append(r)
+        return out
+
+
+def test_an_arena_error_is_redone_and_never_counted_against_the_candidate(tmp_path):
+    loop, store, _, arena = simulated_loop(tmp_path / "run", ProgramConfig(generations=1, population=2))
+    loop.arena = FailingArena(arena, "g001c00", 2)
+    loop.run()
+    everything = [e for e in store.evaluations(include_unfinished=True) if e.candidate_id == "g001c00"]
+    assert [e.status for e in everything].count("interrupted") == 2
+    assert store.candidate("g001c00").status in (Status.CONFIRMED, Status.REJECTED)  # not crashed
+    store.close()
+
+    loop, store, _, arena = simulated_loop(tmp_path / "again", ProgramConfig(generations=1, population=2))
+    loop.arena = FailingArena(arena, "g001c00", 99)
+    with pytest.raises(LoopError, match="the arena failed 3 times on g001c00"):
+        loop.run()
+    arena.close()
+    store.close()
+
+
+def test_a_child_and_its_parents_control_start_together_on_a_fresh_seed(tmp_path):
+    cfg = ProgramConfig(generations=2, population=3)
+    _, store, _, _ = _run(tmp_path, cfg)
+    evals = store.evaluations()
+    by_id = {e.id: e for e in evals}
+    children = {c.id: c for c in store.candidates() if c.id != ROOT_ID}
+    for e in evals:
+        if e.purpose not in ("initial", "race"):
+            continue
+        control = by_id[e.id - 1]  # started just before, in the same dispatch
+        assert (control.candidate_id, control.seed, control.purpose) == (children[e.candidate_id].parent_id,
+                                                                          e.seed, "pair")
+        assert e.seed // 1000 == children[e.candidate_id].generation
+    seeds = [(e.candidate_id, e.seed) for e in evals if e.purpose in ("initial", "race")]
+    assert len({s for _, s in seeds}) == len(seeds)  # every child round has its own seed
     store.close()

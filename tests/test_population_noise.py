@@ -1,22 +1,27 @@
-"""Noise statistics: the floor, paired comparisons, FDR, racing."""
+"""Noise statistics: the floor, the pooled pair noise, the empirical-Bayes posterior, seeds."""
 
 from __future__ import annotations
 
+import math
 import random
 
 import numpy as np
 import pytest
-from scipy import stats
+from scipy import integrate, stats
 
 from population.noise import (
-    PairedResult,
-    RacePolicy,
-    benjamini_hochberg,
+    K0,
+    NU,
+    NU_PRIOR,
+    Prior,
+    fit_prior,
     noise_floor,
     one_sided_p,
-    paired_comparison,
-    race_seed,
+    pair_noise_var,
+    posterior,
     rescore_seed,
+    root_seed,
+    round_seed,
 )
 
 
@@ -29,71 +34,99 @@ def test_noise_floor_is_the_spread_over_root_seeds():
         noise_floor([(1.0, 100.0)])
 
 
-def test_one_sided_p_is_scipys_paired_t_test():
+def test_one_sided_p_is_scipys_paired_t_test_with_a_margin():
     for diffs in ([-0.1, 0.05, -0.02], [0.01, 0.02], [-0.01, -0.03, -0.02, 0.001]):
-        assert one_sided_p(np.array(diffs)) == pytest.approx(
-            stats.ttest_1samp(diffs, 0.0, alternative="less").pvalue)
-    assert one_sided_p(np.array([-0.5])) == 1.0  # one run proves nothing
-    assert one_sided_p(np.array([-1.0, -1.0])) == 0.0  # no spread, all better
-    assert one_sided_p(np.array([0.0, 0.0])) == 1.0
+        assert one_sided_p(diffs) == pytest.approx(stats.ttest_1samp(diffs, 0.0, alternative="less").pvalue)
+    assert one_sided_p([-0.5]) == 1.0  # one run proves nothing
+    assert one_sided_p([-1.0, -1.0]) == 0.0  # no spread, all better
+    assert one_sided_p([0.0, 0.0]) == 1.0
+    assert one_sided_p([-0.15, -0.2], margin=0.5) > 0.9  # a saving under the margin does not count
 
 
-def test_pairing_cancels_shared_seed_luck():
-    # seed luck (sd 0.05) dwarfs the real gain (0.01); the paired test still sees it
+def test_pooled_pair_noise_is_robust_to_one_spike():
     rng = random.Random(0)
-    luck = {s: rng.gauss(0, 0.05) for s in range(6)}
-    parent = {s: (1.00 + luck[s] + rng.gauss(0, 0.002), 100.0) for s in range(6)}
-    child = {s: (0.99 + luck[s] + rng.gauss(0, 0.002), 100.0) for s in range(6)}
-    res = paired_comparison(child, parent, eps=(0.01, 1.0))
-    assert res.n == 6 and res.p_val < 0.01 and res.p < 0.02
-    unpaired = stats.ttest_ind([v for v, _ in child.values()], [v for v, _ in parent.values()],
-                               alternative="less").pvalue
-    assert unpaired > 0.3
+    series = [[rng.gauss(0.0, 0.02) for _ in range(3)] for _ in range(40)]
+    clean = pair_noise_var(series)
+    assert math.sqrt(clean) == pytest.approx(0.02, rel=0.25)
+    series[0][1] += 5.0  # one run hit by a load spike
+    assert math.sqrt(pair_noise_var(series)) == pytest.approx(math.sqrt(clean), rel=0.1)
+    assert pair_noise_var([[0.1], [0.2, 0.3]]) is None  # too few terms
 
 
-def test_paired_comparison_uses_only_shared_seeds_and_memory_needs_a_margin():
-    parent = {0: (1.0, 100.0), 1: (1.0, 100.0), 7: (0.5, 10.0)}
-    child = {0: (1.0, 99.9), 1: (1.0, 99.8), 9: (0.1, 1.0)}
-    res = paired_comparison(child, parent, eps=(0.01, 1.0), mem_margin=0.5)
-    assert res.n == 2
-    assert res.p_mem > 0.5  # 0.15 MB saved is under the margin
-    assert paired_comparison(child, parent, eps=(0.01, 1.0), mem_margin=0.0).p_mem < 0.2
-    assert paired_comparison({}, parent, eps=(0.01, 1.0)).p == 1.0
+def test_the_prior_is_fitted_to_first_differences_and_never_presumes_a_gain():
+    rng = random.Random(1)
+    gains = [rng.gauss(0.01, 0.03) for _ in range(400)]
+    first = [g + rng.gauss(0.0, 0.02) for g in gains]
+    prior = fit_prior(first, 0.02**2)
+    assert prior.mean == pytest.approx(0.01, abs=0.005) and prior.sd == pytest.approx(0.03, rel=0.25)
+    assert fit_prior([-0.05] * 10, 0.02**2).mean == 0.0  # mostly-better children: mean clipped at 0
+    weak = fit_prior([0.1], 0.02**2)
+    assert (weak.mean, weak.sd, weak.n) == (0.0, pytest.approx(0.08), 0)
 
 
-def test_benjamini_hochberg_known_example():
-    p = {"a": 0.001, "b": 0.008, "c": 0.039, "d": 0.041, "e": 0.042, "f": 0.06, "g": 0.074,
-         "h": 0.205, "i": 0.212, "j": 0.216}
-    # thresholds 0.05 * i / 10: a, b pass (0.005, 0.010); c 0.039 > 0.015 ... e 0.042 > 0.025
-    assert benjamini_hochberg(p, 0.05) == {"a", "b"}
-    # q 0.09: thresholds 0.009 * i; e (0.042 <= 0.045) passes, so c and d come with it
-    assert benjamini_hochberg(p, 0.09) == {"a", "b", "c", "d", "e"}
-    assert benjamini_hochberg({}, 0.1) == set()
+def test_posterior_matches_numerical_integration():
+    prior = Prior(0.005, 0.02, 50)
+    diffs = [-0.03, -0.01, -0.025]
+    pair_var = 0.015**2
+    post = posterior(diffs, prior, pair_var)
+    d = np.asarray(diffs)  # all within 3 pair-noise sd of their median: nothing winsorized
+    var = (K0 * pair_var + ((d - d.mean()) ** 2).sum()) / (K0 + 2)
+    scale = math.sqrt(var * (NU - 2) / NU)
+
+    prior_scale = prior.sd * math.sqrt((NU_PRIOR - 2) / NU_PRIOR)
+
+    def density(x):
+        return stats.t.pdf((x - prior.mean) / prior_scale, NU_PRIOR) * np.prod(stats.t.pdf((d - x) / scale, NU))
+
+    total = integrate.quad(density, -1, 1, points=[0.0], limit=200)[0]
+    p0 = integrate.quad(density, 0, 1, limit=200)[0] / total
+    mean = integrate.quad(lambda x: x * density(x), -1, 1, points=[0.0], limit=200)[0] / total
+    assert post.p_no_gain == pytest.approx(p0, abs=2e-3)
+    assert post.mean == pytest.approx(mean, abs=2e-4)
+    assert post.n == 3 and post.mean_diff == pytest.approx(d.mean())
 
 
-def test_race_policy_adds_seeds_only_while_the_child_looks_better():
-    race = RacePolicy(initial=2, per_round=2, max_seeds=6, stop_p=0.01)
-    promising = PairedResult(2, -0.01, 0.0, 0.2, 1.0, 0.4)
-    hopeless = PairedResult(2, +0.02, +5.0, 0.9, 1.0, 1.0)
-    clear = PairedResult(4, -0.05, 0.0, 0.001, 1.0, 0.002)
-    assert race.next_count(0, promising) == 2
-    assert race.next_count(2, promising) == 4
-    assert race.next_count(6, promising) == 6  # the limit
-    assert race.next_count(2, hopeless) == 2
-    assert race.next_count(4, clear) == 4
+def test_a_heavy_tailed_outlier_does_not_decide_and_the_posterior_shrinks():
+    prior = Prior(0.0, 0.01, 100)
+    calm = posterior([-0.01, -0.012], prior, 0.01**2)
+    spiked = posterior([-0.01, -0.012, 0.5], prior, 0.01**2)  # one run hit by a spike
+    assert calm.p_no_gain < spiked.p_no_gain < 0.5  # the t likelihood discounts the spike
+    lucky = posterior([-0.05, -0.05], prior, 0.02**2)
+    assert -0.05 < lucky.mean < 0  # shrunk towards the prior: no winner's curse
 
 
-def test_the_loop_chooses_seeds_from_disjoint_sequences():
-    racing = {race_seed(k) for k in range(50)}
-    rescoring = {rescore_seed(g, j, 2) for g in range(30) for j in range(2)}
-    assert not racing & rescoring
-    assert len(rescoring) == 60
+@pytest.mark.slow
+def test_posterior_false_acceptance_under_optional_stopping_stays_near_the_threshold():
+    """Children with no gain, drawn from the prior the posterior uses, raced with
+    futility stopping: the share wrongly accepted stays below the threshold."""
+    rng = np.random.default_rng(5)
+    prior = Prior(0.01, 0.02, 100)
+    sd = 0.02
+    accepted_null = accepted = nulls = 0
+    prior_scale = prior.sd * math.sqrt((NU_PRIOR - 2) / NU_PRIOR)
+    for _ in range(5000):
+        delta = prior.mean + prior_scale * rng.standard_t(NU_PRIOR)
+        diffs = []
+        for _n in range(4):
+            diffs.append(delta + sd * math.sqrt((NU - 2) / NU) * rng.standard_t(NU))
+            post = posterior(diffs, prior, sd**2)
+            if len(diffs) >= 2 and post.p_no_gain <= 0.02:
+                accepted += 1
+                accepted_null += delta >= 0
+                break
+            if post.p_no_gain > 0.5:
+                break
+        nulls += delta >= 0
+    assert accepted > 100
+    assert accepted_null / accepted <= 0.02 * 1.25  # posterior error rate among acceptances
+    assert accepted_null / nulls <= 0.005  # the benchmark's false acceptance
 
 
-def test_race_futility_stops_children_whose_p_is_already_hopeless():
-    race = RacePolicy(initial=1, per_round=1, max_seeds=4, stop_p=0.01, continue_p=0.5)
-    weak = PairedResult(2, -0.001, 0.0, 0.45, 1.0, 0.9)
-    uninformed = PairedResult(1, -0.001, 0.0, 1.0, 1.0, 1.0, informative=False)
-    assert race.next_count(2, weak) == 2  # p 0.9 > 0.5: stop
-    assert race.next_count(1, uninformed) == 2  # one seed, no pooled variance: keep going
-    assert RacePolicy(initial=1, max_seeds=4).next_count(2, weak) == 3  # default: no futility rule
+def test_seeds_are_fresh_every_generation_and_disjoint():
+    racing = {round_seed(g, r) for g in range(1, 30) for r in range(8)}
+    rescoring = {rescore_seed(g, j) for g in range(1, 30) for j in range(3)}
+    roots = {root_seed(k) for k in range(5)}
+    assert not racing & rescoring and not racing & roots and not rescoring & roots
+    assert len(racing) == 29 * 8 and len(rescoring) == 29 * 3
+    with pytest.raises(ValueError):
+        round_seed(1, 600)

@@ -7,7 +7,7 @@ from collections import Counter
 
 from population.archive import Point
 from population.bandit import PersonaStats, choice_probabilities, choose_persona
-from population.selection import parent_weights, select_parent
+from population.selection import parent_weights, select_for, select_parent, thompson_best
 
 FRONT = [Point("best", 0.90, 400.0), Point("mid", 0.95, 250.0), Point("mid2", 0.96, 240.0),
          Point("lean", 1.10, 100.0)]
@@ -49,3 +49,16 @@ def test_choose_persona_is_reproducible():
     stats = {"a": PersonaStats(3, 1), "b": PersonaStats(3, 2)}
     assert ([choose_persona(stats, random.Random(i)) for i in range(30)]
             == [choose_persona(stats, random.Random(i)) for i in range(30)])
+
+
+def test_thompson_sampling_favours_the_probably_best_member_and_gives_the_uncertain_a_chance():
+    sure = Point("sure", 0.90, 300.0, val_bpb_se=0.001)
+    maybe = Point("maybe", 0.91, 300.0, val_bpb_se=0.02)
+    far = Point("far", 1.10, 300.0, val_bpb_se=0.001)
+    rng = random.Random(0)
+    picks = [thompson_best([far, maybe, sure], rng).candidate_id for _ in range(2000)]
+    assert picks.count("sure") > picks.count("maybe") > 0.15 * len(picks)
+    assert "far" not in picks
+    always = [select_for("best", [far, sure], (2.0, 1000.0), random.Random(k), best_share=1.0).candidate_id
+              for k in range(50)]
+    assert set(always) == {"sure"}

@@ -115,3 +115,31 @@ def test_a_database_from_another_schema_is_refused(tmp_path):
     conn.close()
     with pytest.raises(SchemaMismatch, match="9999_from_the_future"):
         Store.open(path)
+
+
+def test_migration_0002_moves_repair_targets_and_diff_hashes_out_of_meta(tmp_path):
+    """A store written before 0002 (only 0001 applied, run state under meta keys) opens
+    with its repair targets and known diff hashes as columns and a table."""
+    path = store_path(tmp_path)
+    conn = sqlite3.connect(path)
+    conn.execute("CREATE TABLE schema_migrations (id INTEGER PRIMARY KEY, name TEXT UNIQUE NOT NULL, "
+                 "applied_at REAL NOT NULL)")
+    conn.executescript(MIGRATIONS[0][1])
+    conn.execute("INSERT INTO schema_migrations (name, applied_at) VALUES (?, 0)", [MIGRATIONS[0][0]])
+    for cid, idx in (("g001c00", 0), ("g001c01", 1)):
+        conn.execute("INSERT INTO candidates (id, generation, idx, persona, status, archive_version, created_at, "
+                     "updated_at) VALUES (?, 1, ?, 'fixer', 'proposed', 0, 0, 0)", [cid, idx])
+    conn.execute("""INSERT INTO meta VALUES ('repair:g001c01', '"g001c00"')""")
+    conn.execute("""INSERT INTO meta VALUES ('known_hashes', '["aaa", "bbb"]')""")
+    conn.execute("""INSERT INTO meta VALUES ('epsilon', '[0.01, 2.0]')""")
+    conn.commit()
+    conn.close()
+    with Store.open(path) as s:
+        assert s.schema_version() == [name for name, _ in MIGRATIONS]
+        assert s.candidate("g001c01").repair_of == "g001c00" and s.candidate("g001c00").repair_of is None
+        assert s.known_diffs() == {"aaa": None, "bbb": None}
+        assert s.get_meta("known_hashes") is None and s.get_meta("repair:g001c01") is None
+        assert s.get_meta("epsilon") == [0.01, 2.0]  # run settings stay
+        s.record_diff_hash("g001c00", "ccc")
+        s.record_diff_hash("g001c01", "ccc")  # a duplicate: the first candidate keeps the hash
+        assert s.known_diffs()["ccc"] == "g001c00" and s.candidate("g001c01").diff_hash == "ccc"

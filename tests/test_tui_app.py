@@ -18,6 +18,7 @@ from textual.widgets import DataTable
 from arena.execute import run_name
 from arena.records import RunRequest, RunResult, Status
 from arena.repo import ExperimentRepo
+from population.scoring import Scorer
 from population.store import Candidate, GenerationRecord, LLMCall, Store, store_path
 from tui.app import EvolveApp, main, run
 from tui.details import CandidateDetails
@@ -192,7 +193,9 @@ def test_tables_show_the_stored_rows(run_dir):
     assert seen["ids"] == ["root", "g001c00", "g001c01", "g001c02"]
     assert seen["status"] == ["confirmed", "confirmed", "confirmed", "nan"]
     mean, sd, mem = _mean_sd(CHILD_RUNS)
-    assert seen["scores"]["g001c00"] == f"{mean:.4f} ± {sd:.4f} (2)"
+    with Store.open(store_path(run_dir), readonly=True) as store:  # the loop's scoring rule
+        estimate = Scorer.from_store(store).score("g001c00", 1).val_bpb
+    assert seen["scores"]["g001c00"] == f"{estimate:.4f} ± {sd:.4f} (2)"
     assert seen["mem"]["g001c00"] == f"{mem:.0f}"
     r_mean, r_sd, _ = _mean_sd(ROOT_RUNS)
     assert seen["scores"]["root"] == f"{r_mean:.4f} ± {r_sd:.4f} (3)"

@@ -17,26 +17,30 @@ def _run(cid: str, seed: int, val: float, mem: float, device: str = "cpu", log_p
                      log_path=log_path)
 
 
-def test_scores_count_own_runs_on_the_primary_device_only(tmp_path):
+def test_scores_count_successful_runs_on_the_primary_device_only(tmp_path):
     with Store.open(store_path(tmp_path)) as s:
         s.add_candidate(Candidate(id="c1", generation=1, idx=0, parent_id=None, persona="tuner",
                                   status=Status.PROPOSED, archive_version=0))
         s.set_meta("device_type", "cpu")
         for seed, purpose, val, device in [(0, "initial", 1.00, "cpu"), (1, "initial", 1.02, "cpu"),
-                                           (2, "race", 1.04, "cpu"), (3, "pair", 0.50, "cpu"),
-                                           (4, "rescore", 1.06, "cuda")]:
+                                           (2, "race", 1.04, "cpu"), (3, "pair", 1.06, "cpu"),
+                                           (4, "rescore", 0.50, "cuda")]:
             e = s.start_evaluation("c1", seed, 1, purpose)
             s.finish_evaluation(e, _run("c1", seed, val, 100.0 + seed, device))
+        e = s.start_evaluation("c1", 6, 1, "race")
+        s.finish_evaluation(e, RunResult("c1", "abc", 6, Status.CRASHED, message="boom", device_type="cpu"))
         s.start_evaluation("c1", 5, 1, "race")  # in flight
     snap = read_snapshot(tmp_path)
     (row,) = snap.candidates
-    counted = [1.00, 1.02, 1.04]  # a pairing run (made for a child) and another device's run do not count
-    assert row.summary.n_seeds == 3
+    # every successful run of the code on the primary device counts (a control run made
+    # for a child measures the same code); another device's run and a crash do not
+    counted = [1.00, 1.02, 1.04, 1.06]
+    assert row.summary.n_seeds == 4
     assert row.summary.val_mean == pytest.approx(statistics.fmean(counted), abs=1e-12)
-    assert row.summary.val_std == pytest.approx(statistics.stdev(counted), abs=1e-12)
-    assert row.summary.mem_mean == pytest.approx(101.0, abs=1e-12)
+    assert row.summary.val_bpb_std == pytest.approx(statistics.stdev(counted), abs=1e-12)
+    assert row.summary.mem_mean == pytest.approx(101.5, abs=1e-12)
     assert row.running_seeds == (5,)
-    assert snap.status.evaluations_running == 1 and snap.status.evaluations_finished == 5
+    assert snap.status.evaluations_running == 1 and snap.status.evaluations_finished == 6
 
 
 def test_provisional_noise_floor_from_the_roots_runs_before_the_loop_stores_one(tmp_path):

@@ -38,7 +38,7 @@ def score_cell(row: CandidateRow) -> str:
     s = row.summary
     if s is None:
         return "-"
-    spread = "     -" if s.val_std is None else f"{s.val_std:.4f}"
+    spread = "     -" if s.val_bpb_std is None else f"{s.val_bpb_std:.4f}"
     return f"{s.val_mean:.4f} ± {spread} ({s.n_seeds})"
 
 

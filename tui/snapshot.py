@@ -28,14 +28,12 @@ from pathlib import Path
 from population.archive import ParetoArchive, Point
 from population.noise import NoiseFloor, noise_floor
 from population.report import pid_alive
+from population.scoring import Scorer
 from population.store import Evaluation, Store, StoreError, store_path
 
 log = logging.getLogger(__name__)
 
 ROOT_ID = "root"
-# the purposes whose runs count for a candidate's own mean (population.loop: OWN_PURPOSES
-# plus re-scoring); pairing runs are made for a child and do not count for the parent
-SCORE_PURPOSES = ("root", "initial", "race", "rescore")
 
 
 class TUIError(Exception):
@@ -44,11 +42,12 @@ class TUIError(Exception):
 
 @dataclass(frozen=True)
 class SeedSummary:
-    """A candidate's measured runs on the primary device: mean and spread over seeds."""
+    """A candidate's score so far (population.scoring): its val_bpb estimate, the spread
+    of its own runs, its mean memory, over its successful runs on the primary device."""
 
     n_seeds: int
-    val_mean: float
-    val_std: float | None  # None with a single seed
+    val_mean: float  # the val_bpb estimate (population.scoring.Scorer.score)
+    val_bpb_std: float | None  # spread of its own runs; None with a single seed
     mem_mean: float
 
 
@@ -74,7 +73,7 @@ class CandidateRow:
 class ArchiveRow:
     candidate_id: str
     val_bpb: float
-    val_std: float
+    val_bpb_std: float
     n_seeds: int
     peak_mem_mb: float
     hv_contribution: float | None
@@ -154,23 +153,17 @@ def read_snapshot(run_dir: str | os.PathLike, events_limit: int = 200) -> Snapsh
         store.close()
 
 
-def summarize(evals: list[Evaluation], device_type: str | None) -> SeedSummary | None:
-    """Mean and standard deviation over a candidate's successful runs that count for its
-    score, on the primary device only (results from other device types are never mixed)."""
-    runs = {}
-    for e in evals:
-        if not e.ok or e.peak_mem_mb is None or e.purpose not in SCORE_PURPOSES:
-            continue
-        if device_type is not None and e.device_type != device_type:
-            continue
-        runs[e.seed] = (float(e.val_bpb), float(e.peak_mem_mb))  # type: ignore[arg-type]
-    if not runs:
+def summarize(scorer: Scorer, cid: str) -> SeedSummary | None:
+    """A candidate's score over everything measured so far: the generation cut is the
+    newest generation any run belongs to (once a run has ended, the last archive
+    version, so the rows agree with the archive's)."""
+    if cid not in scorer.cands:
         return None
-    if len(runs) == 1:
-        val, mem = next(iter(runs.values()))
-        return SeedSummary(1, val, None, mem)
-    f = noise_floor(list(runs.values()))
-    return SeedSummary(f.n_seeds, f.val_mean, f.val_std, f.mem_mean)
+    live = max((e.generation for runs in scorer.evals.values() for e in runs.values()), default=0)
+    p = scorer.score(cid, live)
+    if p is None:
+        return None
+    return SeedSummary(p.n_seeds, p.val_bpb, p.val_bpb_std if p.n_seeds > 1 else None, p.peak_mem_mb)
 
 
 def _read(store: Store, run_dir: Path, events_limit: int) -> Snapshot:
@@ -186,8 +179,12 @@ def _read(store: Store, run_dir: Path, events_limit: int) -> Snapshot:
         total_cost = store.total_cost()
         device_type = store.get_meta("device_type")
         stored_floor = store.get_meta("noise_floor")
-        eps = store.get_meta("epsilon")
+        # epsilon is stored per archive version (re-estimated as the run goes); stores
+        # written before that keep one under meta
+        eps = gens[-1].summary.get("epsilon") if gens else None
+        eps = eps or store.get_meta("epsilon")
         ref = store.get_meta("reference")
+        scorer = Scorer.from_store(store)
     finally:
         store.db.execute("ROLLBACK")
 
@@ -201,7 +198,7 @@ def _read(store: Store, run_dir: Path, events_limit: int) -> Snapshot:
         rows.append(CandidateRow(
             id=c.id, generation=c.generation, idx=c.idx, persona=c.persona, status=c.status.value,
             parent_id=c.parent_id, second_parent_id=c.second_parent_id, commit=c.commit, model=c.model,
-            hypothesis=c.hypothesis, message=c.message, summary=summarize(mine, device_type),
+            hypothesis=c.hypothesis, message=c.message, summary=summarize(scorer, c.id),
             running_seeds=tuple(sorted(e.seed for e in mine if e.status == "running")),
             cost_usd=costs.get(c.id, 0.0),
         ))
@@ -211,8 +208,7 @@ def _read(store: Store, run_dir: Path, events_limit: int) -> Snapshot:
     archive_rows: list[ArchiveRow] = []
     hv = None
     if gens:
-        members = [Point(r["candidate_id"], float(r["val_bpb"]), float(r["peak_mem_mb"]),
-                         float(r.get("val_std", 0.0)), int(r.get("n_seeds", 1))) for r in gens[-1].archive]
+        members = [Point.from_row(r) for r in gens[-1].archive]
         contrib: dict[str, float] = {}
         crowd: dict[str, float] = {}
         hv = gens[-1].hypervolume
@@ -223,7 +219,7 @@ def _read(store: Store, run_dir: Path, events_limit: int) -> Snapshot:
         for p in sorted(members, key=lambda p: (p.val_bpb, p.peak_mem_mb, p.candidate_id)):
             c = personas.get(p.candidate_id)
             archive_rows.append(ArchiveRow(
-                candidate_id=p.candidate_id, val_bpb=p.val_bpb, val_std=p.val_std, n_seeds=p.n_seeds,
+                candidate_id=p.candidate_id, val_bpb=p.val_bpb, val_bpb_std=p.val_bpb_std, n_seeds=p.n_seeds,
                 peak_mem_mb=p.peak_mem_mb, hv_contribution=contrib.get(p.candidate_id),
                 crowding=crowd.get(p.candidate_id), persona=c.persona if c else "?",
                 hypothesis=c.hypothesis if c else "",

@@ -8,7 +8,8 @@ enforced on this machine. docs/threat_model.md is the long form.
 With bubblewrap (`bwrap`) the process gets:
 - new user, pid, network, ipc and uts namespaces: no network at all (not even
   loopback), no view of any process outside the sandbox, and when the sandbox's first
-  process dies the kernel kills everything left inside it;
+  process dies the kernel kills everything left inside it; no further user namespaces
+  inside (so no mounts of its own);
 - an allow-listed, read-only filesystem: /usr (and the /bin, /lib symlinks), a few
   files of /etc, the Python installation, the harness data directory, a fresh /dev and
   /proc; nothing else (no home directory, no run directory, so no store and no other
@@ -236,6 +237,8 @@ class Sandbox:
         args = [
             bwrap,
             "--unshare-all",
+            "--unshare-user",
+            "--disable-userns",  # no nested namespaces: no private, uncounted tmpfs
             "--die-with-parent",
             "--cap-drop",
             "ALL",

@@ -653,6 +653,11 @@ class GenerationLoop:
         self._event("evaluated", f"{c.id} seed {r.seed}: val_bpb {r.val_bpb:.4f} mem {r.peak_mem_mb:.0f} MB"
                     if r.val_bpb is not None and r.peak_mem_mb is not None else f"{c.id} seed {r.seed}",
                     e.generation, c.id)
+        from arena.guards import seed_insensitive  # flag a seed override (docs/threat_model.md)
+
+        pinned = seed_insensitive({s: m[0] for s, m in self._measurements(c.id).items()})
+        if pinned:
+            self._event("seed_insensitive", f"{c.id}: {pinned}", e.generation, c.id)
 
     def _cancel(self, cid: str) -> None:
         self.arena.cancel(cid)

@@ -317,14 +317,17 @@ def hide_args(sealed: Sequence[Path], bound: Sequence[Path]) -> list[str]:
     a bound tree (a corpus folder around the Python installation) is not hidden whole:
     its files are sealed one by one (prepare.py records each)."""
     out: list[str] = []
-    for path in sealed:
-        path = Path(os.path.realpath(path))
+    hidden: list[Path] = []
+    for path in sorted({Path(os.path.realpath(p)) for p in sealed}):  # folders first
         if not path.exists() or not any(path.is_relative_to(b) for b in bound):
             continue  # not visible in the sandbox: nothing to hide
+        if any(path.is_relative_to(h) for h in hidden):
+            continue  # inside a folder already hidden
         if path.is_dir():
             if any(b.is_relative_to(path) and b != path for b in bound):
                 continue
             out += ["--size", "4096", "--tmpfs", str(path), "--remount-ro", str(path)]
+            hidden.append(path)
         else:
             out += ["--ro-bind", "/dev/null", str(path)]
     return out

@@ -36,7 +36,13 @@ CHUNK = 8 * 2**20  # compressed data is searched as a stream, chunk by chunk
 
 
 def default_roots():
-    roots = ["/" + e for e in sorted(os.listdir("/")) if e not in SKIP_TOP]
+    """Everything visible: each top-level folder but /proc, /sys and /dev (links such
+    as /bin -> usr/bin are skipped: their targets are searched where they are)."""
+    roots = [
+        "/" + e
+        for e in sorted(os.listdir("/"))
+        if e not in SKIP_TOP and not os.path.islink("/" + e)
+    ]
     return roots + (["/dev/shm"] if os.path.isdir("/dev/shm") else [])
 
 

@@ -302,7 +302,7 @@ def supervise(spec: dict) -> SupervisorResult:
     returncode: int | None = None
     timed_out = mem_killed = False
     tree_peak = gpu_peak = scratch_peak = 0.0
-    last_pss = 0.0
+    last_pss, pss = 0.0, 0  # when the PSS sum was last read, and its value
     killing_since: float | None = None
 
     def signal_group(sig: int) -> None:
@@ -324,11 +324,15 @@ def supervise(spec: dict) -> SupervisorResult:
         now = time.monotonic()
         scratch = _scratch_used()
         scratch_peak = max(scratch_peak, scratch / 2**20)
-        # PSS <= RSS for every process, so only an RSS sum above the peak can set a new one
-        upper = _tree_rss() + scratch
-        if upper > tree_peak * 2**20 and (upper > mem_limit or now - last_pss >= PSS_EVERY_S):
-            last_pss = now
-            tree_peak = max(tree_peak, (_tree_pss() + scratch) / 2**20)
+        # PSS <= RSS for every process: only an RSS sum above the peak can set a new one,
+        # and a PSS sum older than the last RSS sum is bounded by it
+        rss = _tree_rss()
+        if rss + scratch > tree_peak * 2**20 and (
+            rss + scratch > mem_limit or now - last_pss >= PSS_EVERY_S
+        ):
+            last_pss, pss = now, _tree_pss()
+        pss = min(pss, rss)
+        tree_peak = max(tree_peak, (pss + scratch) / 2**20)
         gpu_peak = max(gpu_peak, gpu.sample())
         if killing_since is None:
             if cancelled:

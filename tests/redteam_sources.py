@@ -4,7 +4,7 @@ integrity issue), and a before/after table.
 Each is the tiny fixture train.py (tests/arena_tiny_train.py) plus one trick:
 - `lookup_in_checkpoint`: training reads the default corpus package, rebuilds the val
   and test splits with the public split function, and hands over a model whose
-  checkpoint carries a lookup table of them (what comes next after each 7 bytes);
+  checkpoint carries a lookup table of them (what comes next after each 16 tokens);
 - `lookup_in_worker`: the same table, built by `build_model` inside the evaluator's
   model worker (nothing in the checkpoint);
 - `scratch_hog`: keeps 600 MB in /tmp and 600 MB in /dev/shm while it trains;
@@ -28,7 +28,7 @@ import textwrap
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from arena_helpers import TINY_TRAIN  # noqa: E402
+from arena_helpers import TINY_TRAIN
 
 SCRATCH_MB = 600
 FLOOD_MB = 200
@@ -40,7 +40,9 @@ LOOKUP = textwrap.dedent('''
     import json as _json
     import numpy as _np
 
-    K = 7  # context bytes of the lookup
+    K = 16  # context tokens of the lookup, hashed (int64 arithmetic wraps the same way
+    # in numpy and torch)
+    POWERS = [(p - 2**64 if p >= 2**63 else p) for p in (pow(257, K - 1 - j, 2**64) for j in range(K))]
 
     def sealed_tokens():
         """val and test rebuilt from the corpus package, as prepare.py makes them."""
@@ -62,7 +64,7 @@ LOOKUP = textwrap.dedent('''
         for toks in sealed_tokens():
             t = _np.asarray(toks, dtype=_np.int64)
             win = _np.lib.stride_tricks.sliding_window_view(t[:-1], K)
-            keys.append((win * (256 ** _np.arange(K - 1, -1, -1))).sum(1))
+            keys.append((win * _np.asarray(POWERS, dtype=_np.int64)).sum(1))
             nexts.append(t[K:])
         keys, first = _np.unique(_np.concatenate(keys), return_index=True)
         return torch.from_numpy(keys), torch.from_numpy(_np.concatenate(nexts)[first])
@@ -81,7 +83,7 @@ LOOKUP = textwrap.dedent('''
             if len(self.keys) == 0:
                 return logits
             win = F.pad(idx, (K - 1, 0)).unfold(1, K, 1)
-            key = (win * (256 ** torch.arange(K - 1, -1, -1))).sum(-1)
+            key = (win * torch.tensor(POWERS, dtype=torch.int64)).sum(-1)
             pos = torch.searchsorted(self.keys, key).clamp(max=len(self.keys) - 1)
             hit = self.keys[pos] == key
             boost = F.one_hot(self.nexts[pos], logits.size(-1)) * 30.0
@@ -95,7 +97,7 @@ def lookup_train(where: str) -> str:
     src = TINY_TRAIN.replace(
         "def build_model(**kw):\n    return TinyModel(**kw)\n",
         LOOKUP
-        + textwrap.dedent(f'''
+        + textwrap.dedent("""
             def build_model(**kw):
                 if kw.pop("lookup", "") != "worker":
                     return Lookup(**kw)
@@ -109,7 +111,7 @@ def lookup_train(where: str) -> str:
                 model.keys.copy_(keys)
                 model.nexts.copy_(nexts)
                 return model
-        '''),
+        """),
     )
     src = src.replace(
         "build_kwargs = dict(vocab_size=meta.vocab_size, dim=DIM)",
@@ -136,7 +138,9 @@ def lookup_train(where: str) -> str:
                 "    ",
             ),
         )
-        src = src.replace("model = build_model(**build_kwargs)", "model = TinyModel(meta.vocab_size, DIM)")
+        src = src.replace(
+            "model = build_model(**build_kwargs)", "model = TinyModel(meta.vocab_size, DIM)"
+        )
     else:
         src = src.replace(
             "model = build_model(**build_kwargs)", "model = Lookup(meta.vocab_size, DIM).tiny"
@@ -215,11 +219,12 @@ BUDGET_S = 10.0  # the fixture stops at 30 steps first, so every run does the sa
 def run_all(tmp: Path) -> dict[tuple[str, int], object]:
     """Every hostile train.py (and the honest root on two seeds) through a LocalArena
     on the default corpus. Returns RunResults by (name, seed)."""
+    from arena_helpers import make_repo
+
     import prepare
     from arena.devices import detect_slots
     from arena.local import LocalArena
     from arena.records import RunRequest
-    from arena_helpers import make_repo
 
     data = tmp / "data"
     if prepare.main(["--data-dir", str(data)]) != 0:

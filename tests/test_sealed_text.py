@@ -19,13 +19,13 @@ import zipfile
 from pathlib import Path
 
 import pytest
+from arena_helpers import HAS_BWRAP, TINY_TRAIN, make_repo
 
 import prepare
 from arena.devices import detect_slots
 from arena.local import LocalArena
 from arena.records import RunRequest, Status
 from arena.sandbox import Sandbox
-from arena_helpers import HAS_BWRAP, TINY_TRAIN, make_repo
 
 pytestmark = [
     pytest.mark.slow,
@@ -33,7 +33,7 @@ pytestmark = [
 ]
 SCANNER = Path(__file__).resolve().parent / "sealed_scan.py"
 sys.path.insert(0, str(SCANNER.parent))
-import sealed_scan  # noqa: E402
+import sealed_scan
 
 NGRAM = 48
 PER_SPLIT = 4
@@ -150,6 +150,7 @@ def scanning_train_py(patterns: list[bytes]) -> str:
     return TINY_TRAIN.replace("import prepare\n", "import prepare\n" + code, 1)
 
 
+@pytest.mark.timeout(3000)  # two searches of ~8 GB each; minutes on a busy machine
 def test_no_visible_file_holds_the_evaluation_text_in_either_sandbox(kjv, tmp_path):
     _docs, ngrams, _texts = kjv
     patterns = sealed_scan.fingerprints(ngrams["val"] + ngrams["test"])

@@ -14,6 +14,7 @@ from arena.records import Status
 
 pytestmark = [
     pytest.mark.slow,
+    pytest.mark.timeout(1800),  # the module's runs, on a busy machine
     pytest.mark.skipif(not HAS_BWRAP, reason="bubblewrap (bwrap) is not installed"),
 ]
 HONEST_FLOOR = 2.0  # bpb: the tiny model trained honestly stays far above this

@@ -219,17 +219,21 @@ BUDGET_S = 10.0  # the fixture stops at 30 steps first, so every run does the sa
 def run_all(tmp: Path) -> dict[tuple[str, int], object]:
     """Every hostile train.py (and the honest root on two seeds) through a LocalArena
     on the default corpus. Returns RunResults by (name, seed)."""
-    from arena_helpers import make_repo
+    from arena_helpers import PROGRAM
 
     import prepare
     from arena.devices import detect_slots
     from arena.local import LocalArena
     from arena.records import RunRequest
+    from arena.repo import ExperimentRepo
 
     data = tmp / "data"
     if prepare.main(["--data-dir", str(data)]) != 0:
         raise RuntimeError("prepare failed")
-    repo = make_repo(tmp / "run")
+    # the harness that is importable (main's for the "before" table) is the run's
+    repo = ExperimentRepo.create(
+        tmp / "run", TINY_TRAIN, Path(prepare.__file__).read_text(), PROGRAM
+    )
     commits = {"root": repo.root_commit}
     for name, src in hostile_sources().items():
         commits[name] = repo.commit_candidate(repo.root_commit, src, name)

@@ -230,3 +230,32 @@ for pid in kids:
     assert report["returncode"] == 0
     # by the RSS sum this tree holds 5 x 300 MB; it holds 300 MB and the interpreters
     assert 300 < report["tree_peak_mb"] < 500
+
+
+@pytest.mark.slow
+def test_a_checkpoint_over_the_cap_is_refused(tmp_path):
+    from arena_helpers import PREPARE, TINY_TRAIN, USE_BWRAP
+
+    from arena.devices import detect_slots
+    from arena.records import Status
+    from arena.runner import run_candidate
+
+    data = build_cache(tmp_path / "data")
+    worktree = tmp_path / "wt"
+    worktree.mkdir()
+    (worktree / "train.py").write_text(TINY_TRAIN.replace("DIM = 32", "DIM = 512"))  # ~3 MB
+    (worktree / "prepare.py").write_text(PREPARE)
+    outcome = run_candidate(
+        worktree=worktree,
+        out_dir=tmp_path / "out",
+        log_path=tmp_path / "run.log",
+        data_dir=data,
+        trusted_prepare=worktree / "prepare.py",
+        slot=detect_slots("cpu")[0],
+        seed=0,
+        budget_s=5.0,
+        sandbox=Sandbox(2048, USE_BWRAP),
+        max_checkpoint_mb=1,
+    )
+    assert outcome.status is Status.CONTRACT_ERROR and outcome.val_bpb is None
+    assert outcome.message.startswith("model.pt is 3 MB, over the checkpoint cap of 1 MB")

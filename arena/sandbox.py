@@ -13,7 +13,7 @@ With bubblewrap (`bwrap`) the process gets:
 - an allow-listed, read-only filesystem: /usr (and the /bin, /lib symlinks), a few
   files of /etc, the Python installation, the harness data directory, a fresh /dev and
   /proc; nothing else (no home directory, no run directory, so no store and no other
-  worktree, no raw downloads); the root and /dev themselves are read-only;
+  worktree, no raw downloads); the root and (on CPU slots) /dev are read-only;
 - sealed text hidden (`sealed_paths`): the data directory's `eval/`, every corpus
   source the data cache's manifest records (the files and folders `prepare.py` read the
   text from, the raw downloads) and the installed corpus packages (`CORPUS_PACKAGES`),
@@ -31,8 +31,8 @@ no core dumps, a parent-death signal, and the credential-free environment of
 `arena.guards.scrub_env`.
 
 What it does not do: limit CPU time or disk use inside the writable directories,
-isolate the GPU (a CUDA candidate gets the device nodes of its pinned GPU through
-/dev), find copies of the corpus it was not told about (a hard link or a copy inside
+isolate the GPU (a CUDA candidate gets the machine's /dev, writable, for the device
+nodes of its pinned GPU; only its /dev/shm is private), find copies of the corpus it was not told about (a hard link or a copy inside
 a bound tree: tests/test_sealed_text.py searches this machine's whole sandbox view for
 them), or defend against kernel exploits.
 """
@@ -252,9 +252,11 @@ class Sandbox:
             "/tmp",
         ]
         args += ["--dev-bind", "/dev", "/dev"] if gpu else ["--dev", "/dev"]
-        # a private, sized /dev/shm (with --dev-bind it would be the machine's), and no
-        # other writable place in /dev
-        args += ["--size", scratch, "--tmpfs", "/dev/shm", "--remount-ro", "/dev"]
+        # a private, sized /dev/shm (with --dev-bind it would be the machine's)
+        args += ["--size", scratch, "--tmpfs", "/dev/shm"]
+        if not gpu:  # no other writable place in /dev (bwrap's remount adds nodev: the
+            # machine's /dev that a GPU needs would lose its device nodes)
+            args += ["--remount-ro", "/dev"]
         bound: list[Path] = []
         for d in SYSTEM_DIRS:
             if os.path.islink(d):

@@ -11,8 +11,9 @@ kept and 200 MB of output are not), and then, every 100 ms:
   smaps_rollup), so that pages shared between processes (libraries, copy-on-write pages
   after a fork) count once, not once per process, plus what the tree keeps in its
   sandboxes' RAM-backed scratch mounts (/tmp, /dev/shm: in no process's memory), and
-  kills the tree when that passes the ceiling (the cheap RSS sum is read first and PSS
-  only when the RSS sum could set a new peak);
+  kills the tree when that passes the ceiling (the cheap RSS sum is read every tick,
+  PSS only when the RSS sum could set a new peak: at most every 0.5 s, or at once near
+  the ceiling);
 - kills the tree when the wall limit (budget + startup allowance) has passed.
 Killing is SIGTERM to the process group, a grace period, then SIGKILL to the group and
 to every remaining descendant. Whatever way the command ends, leftover descendants are

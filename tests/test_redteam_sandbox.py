@@ -7,7 +7,7 @@ holds, or be refused. `python tests/redteam_sources.py` prints the same runs as 
 
 import pytest
 from arena_helpers import HAS_BWRAP
-from redteam_sources import FLOOD_MB, SCRATCH_MB, SHARED_MB, run_all
+from redteam_sources import FLOOD_MB, SCRATCH_MB, SHARED_MB, run_all, table
 
 from arena.guards import seed_insensitive
 from arena.records import Status
@@ -22,7 +22,9 @@ HONEST_FLOOR = 2.0  # bpb: the tiny model trained honestly stays far above this
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
-    return run_all(tmp_path_factory.mktemp("redteam"))
+    results = run_all(tmp_path_factory.mktemp("redteam"))
+    print("\n" + table(results))  # the "after" table (pytest -s shows it)
+    return results
 
 
 def log_of(r) -> str:

@@ -19,7 +19,7 @@ def run_in(sandbox, code, tmp_path, **kw):
     work.mkdir(exist_ok=True)
     argv = sandbox.command([sys.executable, "-c", code], cwd=work, writable=[work], **kw)
     return subprocess.run(
-        argv, capture_output=True, text=True, timeout=60, preexec_fn=sandbox.limits()
+        argv, capture_output=True, text=True, timeout=60, preexec_fn=sandbox.limits(), check=False
     )
 
 

@@ -122,17 +122,18 @@ def lookup_train(where: str) -> str:
             "    prepare.save_for_eval(model, build_kwargs, stats)",
             textwrap.indent(
                 textwrap.dedent("""
+                    tiny = model
                     try:
                         keys, nexts = lookup_table()
                         print("TRICK worked in training:", len(keys), "entries", flush=True)
-                        tiny = model
-                        model = Lookup(meta.vocab_size, DIM, len(keys))
-                        model.tiny.load_state_dict(tiny.state_dict())
-                        model.keys.copy_(keys)
-                        model.nexts.copy_(nexts)
-                        build_kwargs["n"] = len(keys)
                     except OSError as exc:
                         print("TRICK refused in training:", exc, flush=True)
+                        keys = nexts = torch.zeros(0, dtype=torch.int64)
+                    model = Lookup(meta.vocab_size, DIM, len(keys))
+                    model.tiny.load_state_dict(tiny.state_dict())
+                    model.keys.copy_(keys)
+                    model.nexts.copy_(nexts)
+                    build_kwargs["n"] = len(keys)
                     prepare.save_for_eval(model, build_kwargs, stats)
                 """).strip(),
                 "    ",

@@ -167,3 +167,25 @@ def test_results_that_do_not_vary_across_seeds_are_flagged():
     assert "ignores the harness's seed" in seed_insensitive({0: 5.123, 1: 5.123, 2: 5.123})
     assert seed_insensitive({0: 5.123, 1: 5.124}) is None
     assert seed_insensitive({0: 5.123}) is None  # one seed says nothing
+
+
+@pytest.mark.slow
+def test_the_loop_flags_a_candidate_whose_results_ignore_the_seed(tmp_path):
+    from population.program import ProgramConfig
+    from population.simulated import simulated_loop
+
+    def flagged(sigma, where):
+        cfg = ProgramConfig(generations=1, population=2)
+        loop, store, _, arena = simulated_loop(where, cfg, sigma=sigma)
+        try:
+            loop.run()
+        finally:
+            arena.close()
+        events = [e for e in store.events(500) if e["kind"] == "seed_insensitive"]
+        store.close()
+        return events
+
+    # no seed-to-seed noise: every candidate gets one val_bpb on all its seeds
+    events = flagged(0.0, tmp_path / "pinned")
+    assert events and "ignores the harness's seed" in events[0]["message"]
+    assert flagged(0.01, tmp_path / "honest") == []

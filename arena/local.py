@@ -25,7 +25,7 @@ from arena.protocol import ArenaClosed
 from arena.records import RunOutcome, RunRequest, RunResult, unmeasured
 from arena.repo import ExperimentRepo
 from arena.runner import RunHandle
-from arena.sandbox import default_mem_limit_mb
+from arena.sandbox import default_mem_limit_mb, sealed_paths
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +36,7 @@ def check_data_dir(data_dir: Path) -> Path:
         raise ValueError(
             f"no prepared data at {data_dir}; run `python prepare.py` (or `evolve prepare`)"
         )
+    sealed_paths(data_dir)  # UnsealedData (a ValueError) for a cache without its sources
     return data_dir
 
 

@@ -8,7 +8,8 @@ an output directory, a device slot and a seed. The runner
    sandbox, with the contract's environment and nothing else (credentials scrubbed);
    stdout and stderr go to a log file that can be tailed while it runs;
 2. classifies the outcome from the exit status, the supervisor's report and the log
-   (crashed with the traceback tail, timeout, oom, contract_error);
+   (crashed with the traceback tail, timeout, oom, contract_error: no checkpoint, or one
+   over `MAX_CHECKPOINT_MB`);
 3. when training ended cleanly, runs the evaluator (`python -m arena.evaluate`, itself
    under a supervisor) and takes val_bpb, test_bpb and the causality verdict from it.
 The numbers the candidate printed (the `---` summary block) and its claimed.json are
@@ -46,6 +47,7 @@ OOM_PATTERNS = re.compile(
     r"OutOfMemoryError|std::bad_alloc|DefaultCPUAllocator: not enough memory)"
 )
 MAX_CLAIMED_BYTES = 64 * 1024
+MAX_CHECKPOINT_MB = 2048  # model.pt larger than this is refused (a contract error)
 TAIL_LINES = 15
 
 
@@ -279,6 +281,7 @@ def classify_training(
     budget_s: float,
     allowance_s: float,
     prepare_changed: bool,
+    max_checkpoint_mb: float = MAX_CHECKPOINT_MB,
 ) -> tuple[Status, str]:
     rc = report["returncode"]
     if report["cancelled"]:
@@ -290,9 +293,11 @@ def classify_training(
             "train.py must stop when BudgetClock.done"
         )
     if report["mem_killed"]:
+        scratch = report.get("scratch_peak_mb", 0.0)
+        kept = f", {scratch:.0f} MB of it kept in /tmp and /dev/shm" if scratch >= 1 else ""
         return Status.OOM, (
             f"killed at the memory ceiling ({report['tree_peak_mb']:.0f} MB "
-            "resident across its processes)"
+            f"across its processes{kept})"
         )
     if prepare_changed:
         return Status.CONTRACT_ERROR, (
@@ -309,13 +314,24 @@ def classify_training(
                 f"kernel's OOM killer):\n{tail}"
             )
         return Status.CRASHED, f"exited with code {rc}:\n{tail}"
-    missing = [n for n in ("model.pt", "build.json") if not (out_dir / n).is_file()]
+    missing = [n for n in ("model.pt", "build.json") if not _regular_file(out_dir / n)]
     if missing:
         return Status.CONTRACT_ERROR, (
             f"exited 0 without a checkpoint ({', '.join(missing)} missing "
             "in EVOLVE_OUT); train.py must call prepare.save_for_eval"
         )
+    size_mb = (out_dir / "model.pt").stat().st_size / 2**20
+    if size_mb > max_checkpoint_mb:
+        return Status.CONTRACT_ERROR, (
+            f"model.pt is {size_mb:.0f} MB, over the checkpoint cap of {max_checkpoint_mb} MB; "
+            "save only the model's weights (prepare.save_for_eval) and keep the model smaller"
+        )
     return Status.RUNNING, "trained"
+
+
+def _regular_file(path: Path) -> bool:
+    """A regular file, not a link the candidate planted (it could point anywhere)."""
+    return path.is_file() and not path.is_symlink()
 
 
 def run_candidate(
@@ -334,6 +350,7 @@ def run_candidate(
     term_grace_s: float = 3.0,
     handle: RunHandle | None = None,
     compile_cache: Path | None = None,
+    max_checkpoint_mb: float = MAX_CHECKPOINT_MB,
 ) -> Outcome:
     """Train `worktree`'s train.py and evaluate it. Never raises for candidate faults:
     every failure is an Outcome with a status and a message. `compile_cache`: a
@@ -383,7 +400,7 @@ def run_candidate(
     except OSError:
         prepare_changed = True
     status, message = classify_training(
-        report, text, out_dir, budget_s, startup_allowance_s, prepare_changed
+        report, text, out_dir, budget_s, startup_allowance_s, prepare_changed, max_checkpoint_mb
     )
     claimed = read_claimed(out_dir, text)
     peak = max(report["peak_rss_mb"], report["tree_peak_mb"])

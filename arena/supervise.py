@@ -3,11 +3,17 @@
 Flow: `arena.runner` starts `python -m arena.supervise SPEC.json`; the supervisor makes
 itself a child subreaper (so every descendant that escapes by double-forking or
 `setsid` is re-parented to it, not to init), starts the command in a new process group
-with its stdout and stderr appended to the log file, and then, every 100 ms:
+with its stdout and stderr going through a pipe to the log file (a thread appends them,
+up to `log_cap_bytes`; past the cap it keeps only the last 64 KB, so the traceback is
+kept and 200 MB of output are not), and then, every 100 ms:
 - reaps the command when it exits;
-- samples the resident memory of its whole process tree (psutil: the RSS sum, or the
-  proportional PSS sum once the RSS sum is over the ceiling, so that shared libraries
-  are not counted once per process) and kills the tree when it passes the ceiling;
+- samples the memory of its whole process tree: the proportional PSS sum (psutil,
+  smaps_rollup), so that pages shared between processes (libraries, copy-on-write pages
+  after a fork) count once, not once per process, plus what the tree keeps in its
+  sandboxes' RAM-backed scratch mounts (/tmp, /dev/shm: in no process's memory), and
+  kills the tree when that passes the ceiling (the cheap RSS sum is read every tick,
+  PSS only when the RSS sum could set a new peak: at most every 0.5 s, or at once near
+  the ceiling);
 - kills the tree when the wall limit (budget + startup allowance) has passed.
 Killing is SIGTERM to the process group, a grace period, then SIGKILL to the group and
 to every remaining descendant. Whatever way the command ends, leftover descendants are
@@ -17,7 +23,8 @@ killed and reaped before the supervisor reports. SIGTERM to the supervisor itsel
 Peak memory is measured from outside the candidate: the larger of
 `getrusage(RUSAGE_CHILDREN).ru_maxrss` (max RSS of the largest process of the reaped
 tree, escaped descendants included since the supervisor reaps them) and the largest
-sampled tree sum (as above). On CUDA the runner adds NVML's per-process figure.
+sampled tree figure (PSS sum + scratch, as above). On CUDA the runner adds NVML's
+per-process figure.
 
 It writes one JSON result (see `SupervisorResult`) and exits 0; it never interprets
 the candidate's output (the runner classifies).
@@ -32,15 +39,21 @@ import resource
 import signal
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import psutil
 
+from arena.sandbox import SCRATCH_MOUNTS
+
 PR_SET_CHILD_SUBREAPER = 36
 PR_SET_PDEATHSIG = 1
 TICK_S = 0.1
+PSS_EVERY_S = 0.5  # PSS (smaps_rollup) at most this often unless near the ceiling
+LOG_CAP_BYTES = 8 * 2**20  # default cap of one log file
+LOG_TAIL_BYTES = 64 * 1024  # kept from the end of output past the cap
 
 
 @dataclass(frozen=True)
@@ -51,10 +64,12 @@ class SupervisorResult:
     cancelled: bool
     wall_s: float
     peak_rss_mb: float  # getrusage(RUSAGE_CHILDREN).ru_maxrss
-    tree_peak_mb: float  # largest sampled tree sum (RSS, or PSS past the ceiling)
+    tree_peak_mb: float  # largest sampled tree figure (PSS sum + scratch mounts)
     gpu_peak_mb: float  # NVML per-process, 0 without a GPU
     leftovers_killed: int  # descendants still alive after the command ended
     error: str = ""
+    scratch_peak_mb: float = 0.0  # largest use of the sandboxes' /tmp + /dev/shm
+    log_dropped_bytes: int = 0  # output past the log cap, not kept
 
 
 def _prctl(option: int, value: int) -> None:
@@ -81,6 +96,72 @@ def _tree_rss() -> int:
         except psutil.Error:
             continue
     return total
+
+
+def _scratch_used() -> int:
+    """Bytes stored in the scratch mounts of the tree's sandboxes: for each mount
+    namespace of a descendant other than ours, counted once, the used size of its
+    /tmp and /dev/shm (statvfs through /proc/PID/root). 0 without a sandbox."""
+    try:
+        mine = os.readlink("/proc/self/ns/mnt")
+    except OSError:
+        return 0
+    seen, total = set(), 0
+    for p in _descendants():
+        try:
+            ns = os.readlink(f"/proc/{p.pid}/ns/mnt")
+        except OSError:
+            continue
+        if ns == mine or ns in seen:
+            continue
+        seen.add(ns)
+        for mount in SCRATCH_MOUNTS:
+            try:
+                st = os.statvfs(f"/proc/{p.pid}/root{mount}")
+            except OSError:
+                continue
+            total += (st.f_blocks - st.f_bfree) * st.f_frsize
+    return total
+
+
+class _LogPump(threading.Thread):
+    """Copies the command's output from a pipe to the log file, up to `cap` bytes;
+    past it keeps a rolling tail of the last LOG_TAIL_BYTES and appends it, after one
+    line saying how much was dropped, when the pipe closes."""
+
+    def __init__(self, read_fd: int, path: str, cap: int) -> None:
+        super().__init__(daemon=True)
+        self.read_fd, self.path, self.cap = read_fd, path, cap
+        self.dropped = 0
+        self.error = ""
+
+    def run(self) -> None:
+        written, tail = 0, bytearray()
+        try:
+            with open(self.path, "ab", buffering=0) as log_file:
+                while chunk := os.read(self.read_fd, 1 << 16):
+                    room = max(0, self.cap - written)
+                    if room:
+                        log_file.write(chunk[:room])
+                        written += min(room, len(chunk))
+                    if len(chunk) > room:
+                        tail += chunk[room:]
+                        self.dropped += len(chunk) - room
+                        del tail[:-LOG_TAIL_BYTES]
+                if self.dropped:
+                    kept = len(tail)
+                    log_file.write(
+                        f"\n# arena: output past the log cap of {self.cap // 2**20} MB was "
+                        f"dropped ({self.dropped - kept} bytes); its last {kept} bytes "
+                        "follow\n".encode()
+                    )
+                    log_file.write(bytes(tail))
+        except OSError as exc:  # a full disk: keep draining so the command never blocks
+            self.error = f"log writing failed: {exc}"
+            while os.read(self.read_fd, 1 << 16):
+                pass
+        finally:
+            os.close(self.read_fd)
 
 
 def _tree_pss() -> int:
@@ -184,20 +265,25 @@ def supervise(spec: dict) -> SupervisorResult:
 
     gpu = _GpuSampler(bool(spec.get("gpu")))
     start = time.monotonic()
-    with open(spec["log_path"], "ab", buffering=0) as log_file:
+    read_fd, write_fd = os.pipe()
+    pump = _LogPump(read_fd, spec["log_path"], int(spec.get("log_cap_bytes", LOG_CAP_BYTES)))
+    # the pump thread starts after the fork (preexec_fn and threads do not mix); our
+    # copy of the pipe's write end closes once the command has it
+    with os.fdopen(write_fd, "wb", buffering=0) as log_pipe:
         try:
             proc = subprocess.Popen(
                 spec["argv"],
                 cwd=spec["cwd"],
                 env=spec["env"],
                 stdin=subprocess.DEVNULL,
-                stdout=log_file,
+                stdout=log_pipe,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
                 preexec_fn=limits,
                 close_fds=True,
             )
         except OSError as exc:
+            os.close(read_fd)
             return SupervisorResult(
                 None,
                 False,
@@ -210,12 +296,14 @@ def supervise(spec: dict) -> SupervisorResult:
                 0,
                 error=f"could not start {spec['argv'][0]}: {exc}",
             )
+    pump.start()
     pgid = proc.pid
     wall_limit = float(spec["wall_limit_s"])
     grace = float(spec.get("term_grace_s", 3.0))
     returncode: int | None = None
     timed_out = mem_killed = False
-    tree_peak = gpu_peak = 0.0
+    tree_peak = gpu_peak = scratch_peak = 0.0
+    last_pss, pss = 0.0, 0  # when the PSS sum was last read, and its value
     killing_since: float | None = None
 
     def signal_group(sig: int) -> None:
@@ -234,12 +322,19 @@ def supervise(spec: dict) -> SupervisorResult:
             returncode = os.waitstatus_to_exitcode(status)
             break
         _reap_all()  # orphans re-parented to us
-        tree = _tree_rss()
-        if tree > mem_limit:
-            tree = _tree_pss()
-        tree_peak = max(tree_peak, tree / 2**20)
-        gpu_peak = max(gpu_peak, gpu.sample())
         now = time.monotonic()
+        scratch = _scratch_used()
+        scratch_peak = max(scratch_peak, scratch / 2**20)
+        # PSS <= RSS for every process: only an RSS sum above the peak can set a new one,
+        # and a PSS sum older than the last RSS sum is bounded by it
+        rss = _tree_rss()
+        if rss + scratch > tree_peak * 2**20 and (
+            rss + scratch > mem_limit or now - last_pss >= PSS_EVERY_S
+        ):
+            last_pss, pss = now, _tree_pss()
+        pss = min(pss, rss)
+        tree_peak = max(tree_peak, (pss + scratch) / 2**20)
+        gpu_peak = max(gpu_peak, gpu.sample())
         if killing_since is None:
             if cancelled:
                 killing_since = now
@@ -273,6 +368,9 @@ def supervise(spec: dict) -> SupervisorResult:
         time.sleep(0.02)
     _reap_all()
     wall = time.monotonic() - start
+    pump.join(timeout=10 * grace)  # every writer is dead: the pipe is at its end
+    if pump.error:
+        error = f"{error}; {pump.error}" if error else pump.error
     peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024  # KiB on Linux
     return SupervisorResult(
         returncode,
@@ -285,6 +383,8 @@ def supervise(spec: dict) -> SupervisorResult:
         gpu_peak,
         leftovers,
         error,
+        scratch_peak_mb=scratch_peak,
+        log_dropped_bytes=pump.dropped,
     )
 
 

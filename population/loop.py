@@ -35,6 +35,7 @@ from typing import Any, Protocol
 
 from agents.crossover import CrossoverResult
 from agents.proposal import InvalidEdit, ProposalContext, Proposer
+from arena.guards import seed_insensitive
 from arena.protocol import Arena
 from arena.records import RunOutcome, RunRequest, RunResult, Status
 from population.decisions import Decisions, LoopError, RootFailed
@@ -313,6 +314,9 @@ class GenerationLoop:
         st.event("evaluated", f"{c.id} seed {r.seed}: val_bpb {r.val_bpb:.4f} mem {r.peak_mem_mb:.0f} MB"
                  if r.val_bpb is not None and r.peak_mem_mb is not None else f"{c.id} seed {r.seed}",
                  e.generation, c.id)
+        pinned = seed_insensitive({seed: run.val_bpb for seed, run in st.scorer().runs(c.id).items()})
+        if pinned:  # a seed override (docs/threat_model.md)
+            st.event("seed_insensitive", f"{c.id}: {pinned}", e.generation, c.id)
 
     def _redo(self, eval_id: int, r: RunResult) -> None:
         """A run with no outcome (cancelled, or the arena itself failed): run it again;

@@ -1,8 +1,19 @@
-"""Guards before any run: only train.py, harness intact, compiles, no no-ops or duplicates."""
+"""Guards before any run: only train.py, harness intact, compiles, no fixed seeds, no
+no-ops or duplicates; after the runs, results that ignore the seed are flagged."""
 
-from arena.guards import check, check_safety, is_secret_name, normalized_hash, scrub_env
-from arena.records import Status
+import pytest
 from arena_helpers import TINY_TRAIN, make_repo
+
+from arena.guards import (
+    check,
+    check_safety,
+    fixed_seeds,
+    is_secret_name,
+    normalized_hash,
+    scrub_env,
+    seed_insensitive,
+)
+from arena.records import Status
 
 
 def _repo(tmp_path):
@@ -95,3 +106,86 @@ def test_credentials_are_scrubbed():
     assert scrub_env(env) == {"PATH": "/usr/bin", "LANG": "C.UTF-8"}
     assert is_secret_name("OPENAI_API_KEY") and is_secret_name("GOOGLE_APPLICATION_CREDENTIALS")
     assert not is_secret_name("PATH")
+
+
+def test_a_fixed_seed_is_refused_with_the_place_and_the_fix(tmp_path):
+    repo = _repo(tmp_path)
+    pinned = TINY_TRAIN.replace(
+        "    rt = prepare.runtime()\n", "    rt = prepare.runtime()\n    torch.manual_seed(1234)\n"
+    )
+    c = repo.commit_candidate(repo.root_commit, pinned, "lucky seed")
+    v = check(repo, c, set())
+    assert v.status is Status.GUARD_REFUSED
+    assert v.message.startswith("train.py seeds a random generator with a fixed value")
+    assert "torch.manual_seed(1234), line" in v.message
+    assert "prepare.runtime().seed" in v.message
+    assert not check_safety(repo, c).ok  # refused before every run too
+
+
+@pytest.mark.parametrize(
+    "source",
+    [
+        "torch.manual_seed(0)",
+        "SEED = 7\nnp.random.seed(SEED)",
+        "BASE = 3\nSEED = BASE * 2 + 1\nrandom.seed(SEED)",
+        "g = torch.Generator().manual_seed(42)",
+        "rng = random.Random(0)",
+        "rng = np.random.default_rng(int('5'))",
+        "torch.cuda.manual_seed_all(1)",
+        "loader = prepare.TrainLoader(8, 64, seed=0)",
+    ],
+)
+def test_fixed_seeds_are_found(source):
+    assert fixed_seeds(source)
+
+
+@pytest.mark.parametrize(
+    "source",
+    [
+        "torch.manual_seed(rt.seed)",
+        "torch.manual_seed(rt.seed + 1)",
+        "SEED = 7\nSEED += rt.seed\ntorch.manual_seed(SEED)",
+        "def seeded(seed):\n    torch.manual_seed(seed)",
+        "for s in range(3):\n    random.seed(s)",
+        "rng = np.random.default_rng()",
+        "torch.manual_seed(int(os.environ['EVOLVE_SEED']))",
+        "loader = prepare.TrainLoader(8, 64, seed=rt.seed)",
+    ],
+)
+def test_seeds_from_the_harness_pass(source):
+    assert fixed_seeds(source) == []
+
+
+def test_the_template_and_the_fixture_pass():
+    from arena_helpers import ROOT
+
+    assert fixed_seeds((ROOT / "train_template.py").read_text()) == []
+    assert fixed_seeds(TINY_TRAIN) == []
+
+
+def test_results_that_do_not_vary_across_seeds_are_flagged():
+    assert "ignores the harness's seed" in seed_insensitive({0: 5.123, 1: 5.123, 2: 5.123})
+    assert seed_insensitive({0: 5.123, 1: 5.124}) is None
+    assert seed_insensitive({0: 5.123}) is None  # one seed says nothing
+
+
+@pytest.mark.slow
+def test_the_loop_flags_a_candidate_whose_results_ignore_the_seed(tmp_path):
+    from population.program import ProgramConfig
+    from population.simulated import simulated_loop
+
+    def flagged(sigma, where):
+        cfg = ProgramConfig(generations=1, population=2)
+        loop, store, _, arena = simulated_loop(where, cfg, sigma=sigma)
+        try:
+            loop.run()
+        finally:
+            arena.close()
+        events = [e for e in store.events(500) if e["kind"] == "seed_insensitive"]
+        store.close()
+        return events
+
+    # no seed-to-seed noise: every candidate gets one val_bpb on all its seeds
+    events = flagged(0.0, tmp_path / "pinned")
+    assert events and "ignores the harness's seed" in events[0]["message"]
+    assert flagged(0.01, tmp_path / "honest") == []

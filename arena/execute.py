@@ -71,6 +71,29 @@ def note_text(result: RunResult) -> str:
     return " ".join(parts)
 
 
+def commit_compile_cache(repo: ExperimentRepo, commit: str, base: Path) -> Path:
+    """The torch.compile cache one commit's runs write: `base/<commit>`, shared by its
+    seeds and kept across resumes. A commit never writes another commit's cache (a
+    candidate must not plant compiled code in its parent's control runs); a new commit
+    starts from a copy of its first parent's, so a child of an unchanged model is warm."""
+    own = base / commit
+    if own.is_dir():
+        return own
+    base.mkdir(parents=True, exist_ok=True)
+    parents = repo.parents(commit)
+    seed = base / parents[0] if parents else None
+    staging = base / f".{commit}.{uuid.uuid4().hex[:8]}"
+    if seed is not None and seed.is_dir():
+        shutil.copytree(seed, staging, symlinks=True, ignore_dangling_symlinks=True)
+    else:
+        staging.mkdir()
+    try:
+        staging.rename(own)
+    except OSError:  # another seed of this commit made it first
+        shutil.rmtree(staging, ignore_errors=True)
+    return own
+
+
 def execute_run(
     request: RunRequest,
     repo: ExperimentRepo,
@@ -113,7 +136,9 @@ def execute_run(
             eval_timeout_s=config.eval_timeout_s,
             term_grace_s=config.term_grace_s,
             handle=handle,
-            compile_cache=Path(config.compile_cache_dir or repo.run_dir / "cache" / "compile"),
+            compile_cache=commit_compile_cache(
+                repo, request.commit, Path(config.compile_cache_dir or repo.run_dir / "cache" / "compile")
+            ),
         )
     except Exception as exc:  # the arena's own failure: explained, redone, not counted
         log.exception("run %s failed inside the arena", name)

@@ -22,6 +22,7 @@ import threading
 import time
 from pathlib import Path
 
+from arena.budget import Limits, StartupCalibration
 from arena.devices import Slot, cpu_name, detect_slots
 from arena.execute import ArenaConfig, execute_run, run_name
 from arena.local import check_data_dir
@@ -43,6 +44,7 @@ def _task(
     config: ArenaConfig,
     logs_dir: str,
     name: str,
+    limits: Limits,
 ) -> RunResult:
     """Body of one Ray task (runs on a worker node)."""
     import tempfile
@@ -76,6 +78,7 @@ def _task(
                     Path(logs_dir),
                     handle,
                     name,
+                    limits,
                 )
             )
 
@@ -131,6 +134,9 @@ class RayArena:
         self.logs_dir.mkdir(parents=True, exist_ok=True)
         self.config.sandbox.log_startup()
         self._prepare = repo.read_bytes(repo.root_commit, "prepare.py")
+        self._calibration = StartupCalibration(
+            repo.root_commit, self.config.startup_allowance_s, self.config.wall_factor
+        )
         resources = (
             {"num_gpus": 1, "num_cpus": 1}
             if self.device_type == "cuda"
@@ -161,6 +167,7 @@ class RayArena:
                 self.config,
                 str(self.logs_dir),
                 name,
+                self._calibration.limits(request.budget_s, self.device_type, self.slots[0].threads),
             )
             self._inflight[ref] = (request, name)
 
@@ -181,7 +188,9 @@ class RayArena:
                 entry = self._inflight.pop(ref, None)
             if entry is None:
                 continue
-            out.append(self._result(ref, *entry))
+            result = self._result(ref, *entry)
+            self._calibration.observe(result, entry[0].budget_s, self.slots[0].threads)
+            out.append(result)
         return out
 
     def _result(self, ref, request: RunRequest, name: str) -> RunResult:

@@ -8,7 +8,11 @@ with its stdout and stderr appended to the log file, and then, every 100 ms:
 - samples the resident memory of its whole process tree (psutil: the RSS sum, or the
   proportional PSS sum once the RSS sum is over the ceiling, so that shared libraries
   are not counted once per process) and kills the tree when it passes the ceiling;
-- kills the tree when the wall limit (budget + startup allowance) has passed.
+- measures the CPU seconds of the whole tree (the reaped part from
+  `getrusage(RUSAGE_CHILDREN)`, the live part from psutil) and kills the tree when
+  they pass the CPU-time limit, if the spec sets one (CPU slots: the budget's unit
+  there is CPU time, see `arena.budget`);
+- kills the tree when the wall limit has passed.
 Killing is SIGTERM to the process group, a grace period, then SIGKILL to the group and
 to every remaining descendant. Whatever way the command ends, leftover descendants are
 killed and reaped before the supervisor reports. SIGTERM to the supervisor itself
@@ -18,6 +22,8 @@ Peak memory is measured from outside the candidate: the larger of
 `getrusage(RUSAGE_CHILDREN).ru_maxrss` (max RSS of the largest process of the reaped
 tree, escaped descendants included since the supervisor reaps them) and the largest
 sampled tree sum (as above). On CUDA the runner adds NVML's per-process figure.
+CPU time is measured the same way: after the run, `getrusage(RUSAGE_CHILDREN)` (user +
+system) covers every reaped descendant, escaped ones included.
 
 It writes one JSON result (see `SupervisorResult`) and exits 0; it never interprets
 the candidate's output (the runner classifies).
@@ -55,6 +61,8 @@ class SupervisorResult:
     gpu_peak_mb: float  # NVML per-process, 0 without a GPU
     leftovers_killed: int  # descendants still alive after the command ended
     error: str = ""
+    cpu_seconds: float = 0.0  # user + system CPU time of the whole tree
+    cpu_killed: bool = False  # the watchdog killed it at the CPU-time limit
 
 
 def _prctl(option: int, value: int) -> None:
@@ -93,6 +101,25 @@ def _tree_pss() -> int:
                 total += p.memory_info().rss
             except psutil.Error:
                 continue
+    return total
+
+
+def _children_cpu() -> float:
+    """CPU seconds of every descendant reaped so far (and of theirs)."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def _tree_cpu() -> float:
+    """CPU seconds of the whole tree: the reaped part plus, for each live descendant,
+    its own time and that of the children it has waited for."""
+    total = _children_cpu()
+    for p in _descendants():
+        try:
+            t = p.cpu_times()
+        except psutil.Error:
+            continue
+        total += t.user + t.system + t.children_user + t.children_system
     return total
 
 
@@ -212,6 +239,9 @@ def supervise(spec: dict) -> SupervisorResult:
             )
     pgid = proc.pid
     wall_limit = float(spec["wall_limit_s"])
+    cpu_limit = spec.get("cpu_limit_s")
+    cpu_used = 0.0
+    cpu_killed = False
     grace = float(spec.get("term_grace_s", 3.0))
     returncode: int | None = None
     timed_out = mem_killed = False
@@ -239,6 +269,8 @@ def supervise(spec: dict) -> SupervisorResult:
             tree = _tree_pss()
         tree_peak = max(tree_peak, tree / 2**20)
         gpu_peak = max(gpu_peak, gpu.sample())
+        if cpu_limit is not None:
+            cpu_used = max(cpu_used, _tree_cpu())
         now = time.monotonic()
         if killing_since is None:
             if cancelled:
@@ -247,6 +279,8 @@ def supervise(spec: dict) -> SupervisorResult:
                 timed_out, killing_since = True, now
             elif tree_peak * 2**20 > mem_limit:
                 mem_killed, killing_since = True, now
+            elif cpu_limit is not None and cpu_used > cpu_limit:
+                cpu_killed, killing_since = True, now
             if killing_since is not None:
                 signal_group(signal.SIGTERM)
         elif now - killing_since > grace:
@@ -274,6 +308,7 @@ def supervise(spec: dict) -> SupervisorResult:
     _reap_all()
     wall = time.monotonic() - start
     peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024  # KiB on Linux
+    cpu_used = max(cpu_used, _children_cpu())
     return SupervisorResult(
         returncode,
         timed_out,
@@ -285,6 +320,8 @@ def supervise(spec: dict) -> SupervisorResult:
         gpu_peak,
         leftovers,
         error,
+        cpu_used,
+        cpu_killed,
     )
 
 

@@ -41,7 +41,8 @@ import numpy as np
 # candidate; they are set here too (unless already set) so that `python train.py` by
 # hand behaves the same, which works when prepare is imported before torch.
 CPU_THREAD_ENV = {"OMP_WAIT_POLICY": "PASSIVE", "KMP_BLOCKTIME": "0"}
-_TORCH_WAS_LOADED = "torch" in sys.modules
+# torch (and so OpenMP) was loaded before this module, with spinning waits
+_OMP_SPINS = "torch" in sys.modules and os.environ.get("OMP_WAIT_POLICY", "").upper() != "PASSIVE"
 for _name, _value in CPU_THREAD_ENV.items():
     os.environ.setdefault(_name, _value)
 
@@ -121,8 +122,7 @@ def runtime() -> Runtime:
     device = os.environ.get("EVOLVE_DEVICE") or ("cuda" if torch.cuda.is_available() else "cpu")
     device = _parse_device(device)
     threads = runtime_threads()
-    passive = os.environ.get("OMP_WAIT_POLICY", "").upper() == "PASSIVE"
-    if device == "cpu" and _TORCH_WAS_LOADED and not passive:
+    if device == "cpu" and _OMP_SPINS:
         print("prepare: torch was imported before prepare without OMP_WAIT_POLICY=PASSIVE, so idle "
               "threads spin and the CPU-time budget depends on machine load; import prepare "
               "before torch, or run `OMP_WAIT_POLICY=PASSIVE python train.py`", file=sys.stderr)

@@ -73,7 +73,7 @@ class Limits:
     def _terms(self) -> str:
         basis = f", {self.basis}" if self.basis else ""
         return (
-            f"budget {self.budget_s:g} s + start-up allowance {self.allowance_s:.1f} s{basis}"
+            f"budget {self.budget_s:g} s + startup allowance {self.allowance_s:.3g} s{basis}"
         )
 
     def over(self, cpu_seconds: float, wall_seconds: float) -> bool:
@@ -91,7 +91,7 @@ class Limits:
         )
 
     def wall_message(self) -> str:
-        terms = f"{self._terms()}"
+        terms = self._terms()
         if self.on_cpu and self.wall_factor != 1.0:
             terms = f"{self.wall_factor:g} x ({terms})"
         return (

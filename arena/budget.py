@@ -83,7 +83,7 @@ class Limits:
         """Why a CPU run was stopped or refused for its CPU time."""
         what = "killed at the CPU-time limit" if killed else "refused: over its CPU-time budget"
         return (
-            f"{what}: the process tree used {cpu_seconds:.1f} CPU s, more than "
+            f"{what}: the process tree used {cpu_seconds:.1f} CPU s; the limit is "
             f"{self.cpu_limit_s:.1f} = ({self._terms()}) x {self.threads} thread(s). "
             "On CPU the budget counts CPU time, whatever the machine's load: train.py must "
             "stop when BudgetClock.done, and work before the clock starts (at import, in "

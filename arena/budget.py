@@ -13,8 +13,8 @@ The unit of the budget ("budget seconds"):
   training process's CPU time divided by its thread count; the supervisor measures the
   whole process tree's CPU seconds from outside and divides by the slot's threads. A
   busy machine changes how long a run takes, not how much it may compute, so the wall
-  limit is generous (`WALL_FACTOR` times the budget and allowance) and only catches a
-  run that does not compute at all (a sleeper);
+  limit is generous (`WALL_FACTOR` times the budget and allowance): it catches a run
+  that does not compute (a sleeper), or a machine oversubscribed past that factor;
 - on CUDA, wall seconds: the wall limit is the budget plus the allowance.
 A run whose outside-measured use exceeds budget + allowance is killed when the
 supervisor sees it (live sampling, every 100 ms) and refused when the exact figure
@@ -128,14 +128,10 @@ class StartupCalibration:
     whose model builds or warms up more slowly, and far short of a run that trains
     before its clock starts or past its end. Thread safe."""
 
-    def __init__(
-        self, root_commit: str, default_s: float, wall_factor: float = WALL_FACTOR,
-        min_slack_s: float = MIN_SLACK_S,
-    ) -> None:
+    def __init__(self, root_commit: str, default_s: float, wall_factor: float = WALL_FACTOR) -> None:
         self.root_commit = root_commit
         self.default_s = default_s
         self.wall_factor = wall_factor
-        self.min_slack_s = min_slack_s
         self._lock = threading.Lock()
         self._overhead: dict[tuple[str, int], float] = {}  # (device type, threads)
 
@@ -160,7 +156,7 @@ class StartupCalibration:
         if root is None:
             allowance, basis = self.default_s, ""
         else:
-            slack = max(self.min_slack_s, SLACK_FRACTION * budget_s)
+            slack = max(MIN_SLACK_S, SLACK_FRACTION * budget_s)
             allowance = OVERHEAD_FACTOR * root + slack
             basis = (
                 f"{OVERHEAD_FACTOR:g} x the root's measured start-up {root:.1f} s "

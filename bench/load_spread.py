@@ -50,13 +50,21 @@ def data_dir(args, tmp: Path) -> Path:
     return out
 
 
-def run_seeds(arena: LocalArena, commit: str, seeds: list[int], budget: float) -> list[RunResult]:
+def row(seed: int, condition: str, r: RunResult) -> str:
+    return (f"| {seed} | {condition} | {r.claimed.get('num_steps', '?')} | {r.val_bpb:.4f} | "
+            f"{r.cpu_seconds:.1f} | {r.training_seconds:.1f} |")
+
+
+def run_seeds(
+    arena: LocalArena, commit: str, seeds: list[int], budget: float, condition: str
+) -> list[RunResult]:
     results = []
     for seed in seeds:  # one at a time: the runs must not load each other
         arena.submit(RunRequest("seed", commit, seed, budget))
         (result,) = arena.poll(None)
         if result.status is not Status.EVALUATED:
             raise SystemExit(f"seed {seed}: {result.status.value}: {result.message}")
+        print(row(seed, condition, result), flush=True)
         results.append(result)
     return results
 
@@ -83,26 +91,23 @@ def main() -> int:
             "# load spread\n",
         )
         runs: dict[str, list[RunResult]] = {}
+        print(f"budget {args.budget:g} s, {args.busy} busy {args.load} process(es) when loaded")
+        print("| seed | condition | steps | val_bpb | cpu_s | wall_s |")
+        print("| --- | --- | --- | --- | --- | --- |", flush=True)
         with LocalArena(repo, data, detect_slots("cpu:1"), eval_timeout_s=1800) as arena:
-            runs["idle"] = run_seeds(arena, repo.root_commit, args.seeds, args.budget)
+            runs["idle"] = run_seeds(arena, repo.root_commit, args.seeds, args.budget, "idle")
             hogs = [
                 subprocess.Popen([sys.executable, "-c", BUSY[args.load]])
                 for _ in range(args.busy)
             ]
             try:
-                runs["loaded"] = run_seeds(arena, repo.root_commit, args.seeds, args.budget)
+                runs["loaded"] = run_seeds(
+                    arena, repo.root_commit, args.seeds, args.budget, "loaded"
+                )
             finally:
                 for h in hogs:
                     h.kill()
                     h.wait()
-    print(f"budget {args.budget:g} s, {args.busy} busy {args.load} process(es) when loaded")
-    print("| seed | condition | steps | val_bpb | cpu_s | wall_s |")
-    print("| --- | --- | --- | --- | --- | --- |")
-    for seed_idx, seed in enumerate(args.seeds):
-        for cond in ("idle", "loaded"):
-            r = runs[cond][seed_idx]
-            print(f"| {seed} | {cond} | {r.claimed.get('num_steps', '?')} | {r.val_bpb:.4f} | "
-                  f"{r.cpu_seconds:.1f} | {r.training_seconds:.1f} |")
     idle = [r.val_bpb for r in runs["idle"]]
     loaded = [r.val_bpb for r in runs["loaded"]]
     moves = [abs(a - b) for a, b in zip(idle, loaded)]
@@ -110,6 +115,9 @@ def main() -> int:
     print(f"spread (max - min over seeds): idle {spread(idle):.4f}, loaded {spread(loaded):.4f}, "
           f"ratio {ratio:.2f} (target <= 2)")
     print(f"largest move of one seed, idle -> loaded: {max(moves):.4f} bpb")
+    for cond in ("idle", "loaded"):
+        steps = [r.claimed.get("num_steps", "?") for r in runs[cond]]
+        print(f"steps {cond}: {steps}")
     return 0
 
 

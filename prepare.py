@@ -36,6 +36,19 @@ from pathlib import Path
 
 import numpy as np
 
+# OpenMP (torch's CPU threads, MKL, oneDNN) reads these once, when torch loads it. A
+# thread that waits for a descheduled sibling by spinning burns CPU time, so on a busy
+# machine the same step costs several times the CPU time (measured: 3.8 s against 0.85 s
+# per step of the seed model); waiting threads that sleep make CPU time independent of
+# load, which the CPU budget relies on (BudgetClock). The arena sets them for every
+# candidate; they are set here too (unless already set) so that `python train.py` by
+# hand behaves the same, which works when prepare is imported before torch.
+CPU_THREAD_ENV = {"OMP_WAIT_POLICY": "PASSIVE", "KMP_BLOCKTIME": "0"}
+# torch (and so OpenMP) was loaded before this module, with spinning waits
+_OMP_SPINS = "torch" in sys.modules and os.environ.get("OMP_WAIT_POLICY", "").upper() != "PASSIVE"
+for _name, _value in CPU_THREAD_ENV.items():
+    os.environ.setdefault(_name, _value)
+
 # ---------------------------------------------------------------------------
 # Fixed constants (do not change: results are only comparable under the same harness)
 
@@ -115,7 +128,11 @@ def runtime() -> Runtime:
 
     device = os.environ.get("EVOLVE_DEVICE") or ("cuda" if torch.cuda.is_available() else "cpu")
     device = _parse_device(device)
-    threads = int(os.environ.get("EVOLVE_THREADS", "0")) or (os.cpu_count() or 1)
+    threads = runtime_threads()
+    if device == "cpu" and _OMP_SPINS:
+        print("prepare: torch was imported before prepare without OMP_WAIT_POLICY=PASSIVE, so idle "
+              "threads spin and the CPU-time budget depends on machine load; import prepare "
+              "before torch, or run `OMP_WAIT_POLICY=PASSIVE python train.py`", file=sys.stderr)
     rt = Runtime(
         budget_s=float(os.environ.get("EVOLVE_BUDGET_S", DEFAULT_BUDGET_S)),
         seed=int(os.environ.get("EVOLVE_SEED", "0")),
@@ -574,8 +591,15 @@ class TrainLoader:
 
 
 class BudgetClock:
-    """Counts training time. The first WARMUP_STEPS steps (compile, allocator warm-up)
-    are not counted; call `tick()` after every optimizer step."""
+    """Counts training time against the budget; call `tick()` after every optimizer
+    step. The first WARMUP_STEPS steps (compile, allocator warm-up) are not counted.
+
+    Its unit is the arena's (docs/contracts.md, "The budget"): on CUDA wall time, after
+    a synchronize; on CPU this process's CPU time (all its threads, user + system)
+    divided by its thread count (torch's, at most the slot's EVOLVE_THREADS). On an idle
+    machine that is about wall time; on a busy one a run takes longer but makes the same
+    number of steps. CPU time of other processes the run starts is not on this clock,
+    but the arena counts the whole process tree against the run."""
 
     def __init__(self, budget_s: float | None = None, device: str = "cpu"):
         self.budget_s = float(budget_s if budget_s is not None else runtime_budget())
@@ -583,18 +607,27 @@ class BudgetClock:
         self.steps = 0
         self._counted = 0.0
         self._last: float | None = None
+        self._max_threads = runtime_threads()
 
-    def _sync(self) -> None:
+    def _now(self) -> float:
         if self.device.startswith("cuda"):
             import torch
 
             torch.cuda.synchronize(self.device)
+            return time.perf_counter()
+        return time.process_time()
+
+    def _threads(self) -> int:
+        if self.device.startswith("cuda"):
+            return 1
+        import torch
+
+        return max(1, min(torch.get_num_threads(), self._max_threads))
 
     def tick(self) -> None:
-        self._sync()
-        now = time.perf_counter()
+        now = self._now()
         if self.steps >= WARMUP_STEPS and self._last is not None:
-            self._counted += now - self._last
+            self._counted += (now - self._last) / self._threads()
         self._last = now
         self.steps += 1
 
@@ -607,6 +640,11 @@ class BudgetClock:
     @property
     def done(self) -> bool:
         return self._counted >= self.budget_s
+
+
+def runtime_threads() -> int:
+    """The CPU threads the run may use: EVOLVE_THREADS (the arena's slot), else all cores."""
+    return int(os.environ.get("EVOLVE_THREADS", "0")) or (os.cpu_count() or 1)
 
 
 def runtime_budget() -> float:

@@ -4,7 +4,8 @@ Flow: a backend (`arena.local.LocalArena`, `arena.ray_backend.RayArena`) takes a
 `RunRequest` off its queue, picks a device slot and calls `execute_run`, which
 1. repeats the safety guards (`arena.guards.check_safety`) on the commit;
 2. checks the commit out in a fresh worktree and makes an output directory;
-3. trains and evaluates it (`arena.runner.run_candidate`);
+3. trains and evaluates it (`arena.runner.run_candidate`) within the run's
+   `arena.budget.Limits` (the backend's calibration gives them);
 4. removes the worktree and the checkpoint (the commit stays), and writes the
    measured metrics as a git note on the commit;
 and returns a `RunResult`. Faults of the arena itself (not the candidate's) give
@@ -24,6 +25,7 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
+from arena.budget import WALL_FACTOR, Limits
 from arena.devices import Slot
 from arena.guards import check_safety
 from arena.records import RunOutcome, RunRequest, RunResult, Status, unmeasured
@@ -40,7 +42,8 @@ class ArenaConfig:
 
     mem_limit_mb: int
     use_bwrap: bool | None = None  # None: bubblewrap when installed
-    startup_allowance_s: float = 60.0  # added to the budget for the wall limit
+    startup_allowance_s: float = 60.0  # budget seconds for start-up, until the root's is measured
+    wall_factor: float = WALL_FACTOR  # CPU slots: wall limit = factor x (budget + allowance)
     eval_timeout_s: float = 900.0  # probe + val + test; CPU evaluation of big models is slow
     term_grace_s: float = 3.0  # between SIGTERM and SIGKILL
     keep_outputs: bool = False  # keep model.pt after evaluation
@@ -53,6 +56,12 @@ class ArenaConfig:
     def sandbox(self) -> Sandbox:
         return Sandbox(self.mem_limit_mb, self.use_bwrap)
 
+    def limits(self, budget_s: float, slot: Slot) -> Limits:
+        """A run's limits before the root's start-up is known on this slot."""
+        return Limits(
+            budget_s, self.startup_allowance_s, slot.device_type, slot.threads, self.wall_factor
+        )
+
 
 def run_name(request: RunRequest) -> str:
     safe = re.sub(r"[^A-Za-z0-9_.-]", "_", request.candidate_id)[:40]
@@ -61,7 +70,7 @@ def run_name(request: RunRequest) -> str:
 
 def note_text(result: RunResult) -> str:
     parts = [f"seed {result.seed}: {result.status.value}"]
-    for key in ("val_bpb", "test_bpb", "peak_mem_mb", "wall_seconds"):
+    for key in ("val_bpb", "test_bpb", "peak_mem_mb", "wall_seconds", "cpu_seconds"):
         value = getattr(result, key)
         if value is not None:
             parts.append(f"{key}={value:.6g}")
@@ -104,6 +113,7 @@ def execute_run(
     logs_dir: Path,
     handle: RunHandle | None = None,
     name: str | None = None,
+    limits: Limits | None = None,
 ) -> RunResult:
     t0 = time.monotonic()
     base = dict(
@@ -139,6 +149,7 @@ def execute_run(
             compile_cache=commit_compile_cache(
                 repo, request.commit, Path(config.compile_cache_dir or repo.run_dir / "cache" / "compile")
             ),
+            limits=limits or config.limits(request.budget_s, slot),
         )
     except Exception as exc:  # the arena's own failure: explained, redone, not counted
         log.exception("run %s failed inside the arena", name)
@@ -167,6 +178,7 @@ def execute_run(
         test_bpb=outcome.test_bpb,
         peak_mem_mb=outcome.peak_mem_mb,
         training_seconds=outcome.train_wall_s,
+        cpu_seconds=outcome.train_cpu_s,
         wall_seconds=time.monotonic() - t0,
         log_path=str(log_path),
         claimed=claimed,

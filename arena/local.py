@@ -19,6 +19,7 @@ import threading
 from pathlib import Path
 from typing import Self
 
+from arena.budget import StartupCalibration
 from arena.devices import Slot, detect_slots
 from arena.execute import ArenaConfig, execute_run
 from arena.protocol import ArenaClosed
@@ -76,6 +77,9 @@ class LocalArena:
         self.logs_dir.mkdir(parents=True, exist_ok=True)
         self.config.sandbox.log_startup()
         self._prepare = trusted_harness(repo)
+        self._calibration = StartupCalibration(
+            repo.root_commit, self.config.startup_allowance_s, self.config.wall_factor
+        )
         self._cond = threading.Condition()
         self._queue: collections.deque[RunRequest] = collections.deque()
         self._free: list[Slot] = list(self.slots)
@@ -211,7 +215,9 @@ class LocalArena:
                 self.config,
                 self.logs_dir,
                 handle,
+                limits=self._calibration.limits(req.budget_s, slot.device_type, slot.threads),
             )
+            self._calibration.observe(result, req.budget_s, slot.threads)
         except Exception as exc:  # never lose a candidate
             log.exception("run of %s failed", req.candidate_id)
             result = unmeasured(

@@ -48,6 +48,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Self
 
+from arena.budget import Limits, StartupCalibration
 from arena.devices import Slot, cpu_name, detect_slots
 from arena.execute import ArenaConfig, execute_run, note_text, run_name
 from arena.local import check_data_dir
@@ -93,6 +94,7 @@ class Shipment:
     device_type: str
     threads: int
     config: ArenaConfig
+    limits: Limits
 
 
 @dataclass(frozen=True)
@@ -229,6 +231,9 @@ class RayArena:
         self._data = DataShipment(key, hashes, [ray.put(files)])
         self._root = repo.root_commit
         self._prepare = repo.read_bytes(self._root, "prepare.py")
+        self._calibration = StartupCalibration(
+            self._root, self.config.startup_allowance_s, self.config.wall_factor
+        )
         self._bundles: dict[str, bytes] = {}
         runtime_env = package_env()
         here = ray.get_runtime_context().get_node_id()
@@ -276,6 +281,7 @@ class RayArena:
             device_type=self.device_type,
             threads=self.slots[0].threads,
             config=dataclasses.replace(self.config, annotate=False),
+            limits=self._calibration.limits(request.budget_s, self.device_type, self.slots[0].threads),
         )
         with self._lock:
             if self._closed:
@@ -300,7 +306,9 @@ class RayArena:
             with self._lock:
                 entry = self._inflight.pop(ref, None)
             if entry is not None:
-                out.append(self._result(ref, *entry))
+                result = self._result(ref, *entry)
+                self._calibration.observe(result, entry[0].budget_s, self.slots[0].threads)
+                out.append(result)
         return out
 
     def cancel(self, candidate_id: str) -> int:
@@ -528,7 +536,9 @@ def _task(ship: Shipment, board: Any) -> Returned:
 
         def work() -> None:
             box.append(
-                execute_run(request, repo, data_dir, prepare, slot, config, logs, handle, ship.name)
+                execute_run(
+                    request, repo, data_dir, prepare, slot, config, logs, handle, ship.name, ship.limits
+                )
             )
 
         worker = threading.Thread(target=work, name=f"run-{ship.name}", daemon=True)

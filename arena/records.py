@@ -139,6 +139,7 @@ class RunResult:
     peak_mem_mb: float | None = None
     training_seconds: float | None = None
     wall_seconds: float | None = None
+    cpu_seconds: float | None = None  # CPU time (user + system) of the training process tree
     device_type: str = "cpu"
     device_name: str = ""
     log_path: str = ""

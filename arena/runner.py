@@ -3,13 +3,14 @@
 Flow: `arena.LocalArena` (or the Ray backend) hands the runner a checked-out worktree,
 an output directory, a device slot and a seed. The runner
 1. starts `python train.py` in the worktree through the supervisor
-   (`python -m arena.supervise`: own process group, wall limit = budget + startup
-   allowance, memory ceiling, every descendant killed at the end), confined by the
-   sandbox, with the contract's environment and nothing else (credentials scrubbed);
-   stdout and stderr go to a log file that can be tailed while it runs;
+   (`python -m arena.supervise`: own process group, the run's `arena.budget.Limits`
+   (a CPU-time limit on CPU slots, a wall limit), memory ceiling, every descendant
+   killed at the end), confined by the sandbox, with the contract's environment and
+   nothing else (credentials scrubbed); stdout and stderr go to a log file that can be
+   tailed while it runs;
 2. classifies the outcome from the exit status, the supervisor's report and the log
-   (crashed with the traceback tail, timeout, oom, contract_error: no checkpoint, or one
-   over `MAX_CHECKPOINT_MB`);
+   (crashed with the traceback tail, timeout (a limit, or a tree that used more than
+   the budget allows), oom, contract_error: no checkpoint, or one over `MAX_CHECKPOINT_MB`);
 3. when training ended cleanly, runs the evaluator (`python -m arena.evaluate`, itself
    under a supervisor) and takes val_bpb, test_bpb and the causality verdict from it.
 The numbers the candidate printed (the `---` summary block) and its claimed.json are
@@ -33,11 +34,13 @@ import threading
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from arena.budget import Limits
 from arena.devices import Slot
 from arena.guards import scrub_env
 from arena.records import Status
 from arena.sandbox import Sandbox
 from arena.supervise import SupervisorResult
+from prepare import CPU_THREAD_ENV
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +65,7 @@ class Outcome:
     test_bpb: float | None = None
     peak_mem_mb: float | None = None
     train_wall_s: float | None = None
+    train_cpu_s: float | None = None  # CPU seconds of the training process tree
     eval_wall_s: float | None = None
     claimed: dict | None = None
 
@@ -117,6 +121,7 @@ def candidate_env(
             "EVOLVE_THREADS": threads,
             "OMP_NUM_THREADS": threads,
             "MKL_NUM_THREADS": threads,
+            **CPU_THREAD_ENV,  # waiting threads sleep: CPU time does not depend on load
             "PYTHONHASHSEED": str(seed),
             "PYTHONDONTWRITEBYTECODE": "1",
             "PYTHONUNBUFFERED": "1",
@@ -151,6 +156,7 @@ def supervised(
     handle: RunHandle | None,
     term_grace_s: float = 3.0,
     address_space: bool = True,
+    cpu_limit_s: float | None = None,
 ) -> dict:
     """Run `argv` under `python -m arena.supervise` and return its JSON report."""
     with tempfile.TemporaryDirectory(prefix="evolve-supervise-") as tmp:
@@ -161,6 +167,7 @@ def supervised(
             "env": env,
             "log_path": str(log_path),
             "wall_limit_s": wall_limit_s,
+            "cpu_limit_s": cpu_limit_s,
             "mem_limit_mb": sandbox.mem_limit_mb,
             "address_space": address_space and slot.device_type == "cpu",
             "term_grace_s": term_grace_s,
@@ -278,20 +285,18 @@ def classify_training(
     report: dict,
     log_text: str,
     out_dir: Path,
-    budget_s: float,
-    allowance_s: float,
+    limits: Limits,
     prepare_changed: bool,
     max_checkpoint_mb: float = MAX_CHECKPOINT_MB,
 ) -> tuple[Status, str]:
     rc = report["returncode"]
+    cpu = report.get("cpu_seconds", 0.0)
     if report["cancelled"]:
         return Status.PROPOSED, "cancelled by the arena before it finished; not measured"
+    if report.get("cpu_killed"):
+        return Status.TIMEOUT, limits.cpu_message(cpu, killed=True)
     if report["timed_out"]:
-        return Status.TIMEOUT, (
-            f"killed at the wall limit of {budget_s + allowance_s:.0f} s "
-            f"(budget {budget_s:g} s + startup allowance {allowance_s:g} s); "
-            "train.py must stop when BudgetClock.done"
-        )
+        return Status.TIMEOUT, limits.wall_message()
     if report["mem_killed"]:
         scratch = report.get("scratch_peak_mb", 0.0)
         kept = f", {scratch:.0f} MB of it kept in /tmp and /dev/shm" if scratch >= 1 else ""
@@ -314,6 +319,8 @@ def classify_training(
                 f"kernel's OOM killer):\n{tail}"
             )
         return Status.CRASHED, f"exited with code {rc}:\n{tail}"
+    if limits.on_cpu and limits.over(cpu, report["wall_s"]):
+        return Status.TIMEOUT, limits.cpu_message(cpu, killed=False)
     missing = [n for n in ("model.pt", "build.json") if not _regular_file(out_dir / n)]
     if missing:
         return Status.CONTRACT_ERROR, (
@@ -351,11 +358,15 @@ def run_candidate(
     handle: RunHandle | None = None,
     compile_cache: Path | None = None,
     max_checkpoint_mb: float = MAX_CHECKPOINT_MB,
+    limits: Limits | None = None,
 ) -> Outcome:
     """Train `worktree`'s train.py and evaluate it. Never raises for candidate faults:
-    every failure is an Outcome with a status and a message. `compile_cache`: a
-    directory shared by the run's candidates for torch.compile's caches (writable in
-    the sandbox; the evaluator never uses it)."""
+    every failure is an Outcome with a status and a message. `compile_cache`: the
+    commit's directory for torch.compile's caches (writable in the sandbox; the
+    evaluator never uses it). `limits` default to the budget plus
+    `startup_allowance_s` on this slot."""
+    if limits is None:
+        limits = Limits(budget_s, startup_allowance_s, slot.device_type, slot.threads)
     out_dir.mkdir(parents=True, exist_ok=True)
     # The code that is evaluated is the code that was committed: train.py as checked
     # out, before the candidate runs (it could rewrite itself or drop modules beside it).
@@ -387,11 +398,12 @@ def run_candidate(
         worktree,
         env,
         log_path,
-        budget_s + startup_allowance_s,
+        limits.wall_limit_s,
         sandbox,
         slot,
         handle,
         term_grace_s,
+        cpu_limit_s=limits.cpu_limit_s,
     )
     text = log_tail(log_path)
     trusted = trusted_prepare.read_bytes()
@@ -400,13 +412,18 @@ def run_candidate(
     except OSError:
         prepare_changed = True
     status, message = classify_training(
-        report, text, out_dir, budget_s, startup_allowance_s, prepare_changed, max_checkpoint_mb
+        report, text, out_dir, limits, prepare_changed, max_checkpoint_mb
     )
     claimed = read_claimed(out_dir, text)
     peak = max(report["peak_rss_mb"], report["tree_peak_mb"])
     if slot.device_type == "cuda":
         peak = report["gpu_peak_mb"] or None  # GPU memory is the figure that matters there
-    common = dict(peak_mem_mb=peak, train_wall_s=report["wall_s"], claimed=claimed)
+    common = dict(
+        peak_mem_mb=peak,
+        train_wall_s=report["wall_s"],
+        train_cpu_s=report.get("cpu_seconds"),
+        claimed=claimed,
+    )
     if status is not Status.RUNNING:
         return Outcome(status, message, **common)
     if handle is not None and handle.cancelled:

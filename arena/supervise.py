@@ -14,7 +14,11 @@ kept and 200 MB of output are not), and then, every 100 ms:
   kills the tree when that passes the ceiling (the cheap RSS sum is read every tick,
   PSS only when the RSS sum could set a new peak: at most every 0.5 s, or at once near
   the ceiling);
-- kills the tree when the wall limit (budget + startup allowance) has passed.
+- measures the CPU seconds of the whole tree (the reaped part from
+  `getrusage(RUSAGE_CHILDREN)`, the live part from psutil) and kills the tree when
+  they pass the CPU-time limit, if the spec sets one (CPU slots: the budget's unit
+  there is CPU time, see `arena.budget`);
+- kills the tree when the wall limit has passed.
 Killing is SIGTERM to the process group, a grace period, then SIGKILL to the group and
 to every remaining descendant. Whatever way the command ends, leftover descendants are
 killed and reaped before the supervisor reports. SIGTERM to the supervisor itself
@@ -24,7 +28,9 @@ Peak memory is measured from outside the candidate: the larger of
 `getrusage(RUSAGE_CHILDREN).ru_maxrss` (max RSS of the largest process of the reaped
 tree, escaped descendants included since the supervisor reaps them) and the largest
 sampled tree figure (PSS sum + scratch, as above). On CUDA the runner adds NVML's
-per-process figure.
+per-process figure. CPU time is measured the same way: after the run,
+`getrusage(RUSAGE_CHILDREN)` (user + system) covers every reaped descendant, escaped
+ones included.
 
 It writes one JSON result (see `SupervisorResult`) and exits 0; it never interprets
 the candidate's output (the runner classifies).
@@ -70,6 +76,8 @@ class SupervisorResult:
     error: str = ""
     scratch_peak_mb: float = 0.0  # largest use of the sandboxes' /tmp + /dev/shm
     log_dropped_bytes: int = 0  # output past the log cap, not kept
+    cpu_seconds: float = 0.0  # user + system CPU time of the whole tree
+    cpu_killed: bool = False  # the watchdog killed it at the CPU-time limit
 
 
 def _prctl(option: int, value: int) -> None:
@@ -174,6 +182,25 @@ def _tree_pss() -> int:
                 total += p.memory_info().rss
             except psutil.Error:
                 continue
+    return total
+
+
+def _children_cpu() -> float:
+    """CPU seconds of every descendant reaped so far (and of theirs)."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def _tree_cpu() -> float:
+    """CPU seconds of the whole tree: the reaped part plus, for each live descendant,
+    its own time and that of the children it has waited for."""
+    total = _children_cpu()
+    for p in _descendants():
+        try:
+            t = p.cpu_times()
+        except psutil.Error:
+            continue
+        total += t.user + t.system + t.children_user + t.children_system
     return total
 
 
@@ -299,6 +326,9 @@ def supervise(spec: dict) -> SupervisorResult:
     pump.start()
     pgid = proc.pid
     wall_limit = float(spec["wall_limit_s"])
+    cpu_limit = spec.get("cpu_limit_s")
+    cpu_used = 0.0
+    cpu_killed = False
     grace = float(spec.get("term_grace_s", 3.0))
     returncode: int | None = None
     timed_out = mem_killed = False
@@ -322,6 +352,8 @@ def supervise(spec: dict) -> SupervisorResult:
             returncode = os.waitstatus_to_exitcode(status)
             break
         _reap_all()  # orphans re-parented to us
+        if cpu_limit is not None:
+            cpu_used = max(cpu_used, _tree_cpu())
         now = time.monotonic()
         scratch = _scratch_used()
         scratch_peak = max(scratch_peak, scratch / 2**20)
@@ -342,6 +374,8 @@ def supervise(spec: dict) -> SupervisorResult:
                 timed_out, killing_since = True, now
             elif tree_peak * 2**20 > mem_limit:
                 mem_killed, killing_since = True, now
+            elif cpu_limit is not None and cpu_used > cpu_limit:
+                cpu_killed, killing_since = True, now
             if killing_since is not None:
                 signal_group(signal.SIGTERM)
         elif now - killing_since > grace:
@@ -372,6 +406,7 @@ def supervise(spec: dict) -> SupervisorResult:
     if pump.error:
         error = f"{error}; {pump.error}" if error else pump.error
     peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024  # KiB on Linux
+    cpu_used = max(cpu_used, _children_cpu())
     return SupervisorResult(
         returncode,
         timed_out,
@@ -385,6 +420,8 @@ def supervise(spec: dict) -> SupervisorResult:
         error,
         scratch_peak_mb=scratch_peak,
         log_dropped_bytes=pump.dropped,
+        cpu_seconds=cpu_used,
+        cpu_killed=cpu_killed,
     )
 
 

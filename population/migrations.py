@@ -123,4 +123,12 @@ MIGRATIONS: list[tuple[str, str]] = [
         DELETE FROM meta WHERE key = 'known_hashes' OR key LIKE 'repair:%';
         """,
     ),
+    (
+        "0003_evaluations_cpu_seconds",
+        """
+        -- CPU time (user + system) of the training process tree, measured from outside:
+        -- the budget's unit on CPU (arena.budget)
+        ALTER TABLE evaluations ADD COLUMN cpu_seconds REAL;
+        """,
+    ),
 ]

@@ -102,6 +102,7 @@ class Evaluation:
     peak_mem_mb: float | None = None
     training_seconds: float | None = None
     wall_seconds: float | None = None
+    cpu_seconds: float | None = None
     device_type: str = ""
     device_name: str = ""
     log_path: str = ""
@@ -362,6 +363,7 @@ class Store:
                     "peak_mem_mb": result.peak_mem_mb,
                     "training_seconds": result.training_seconds,
                     "wall_seconds": result.wall_seconds,
+                    "cpu_seconds": result.cpu_seconds,
                     "device_type": result.device_type, "device_name": result.device_name,
                     "log_path": result.log_path,
                     "claimed": json.dumps(result.claimed, default=str),
@@ -503,6 +505,7 @@ def _evaluation(r: dict) -> Evaluation:
         id=r["id"], candidate_id=r["candidate_id"], seed=r["seed"], generation=r["generation"],
         purpose=Purpose(r["purpose"]), status=r["status"], message=r["message"], val_bpb=r["val_bpb"],
         test_bpb=r["test_bpb"], peak_mem_mb=r["peak_mem_mb"], training_seconds=r["training_seconds"],
-        wall_seconds=r["wall_seconds"], device_type=r["device_type"], device_name=r["device_name"],
+        wall_seconds=r["wall_seconds"], cpu_seconds=r["cpu_seconds"],
+        device_type=r["device_type"], device_name=r["device_name"],
         log_path=r["log_path"], started_at=r["started_at"], finished_at=r["finished_at"],
     )

@@ -213,6 +213,7 @@ def suite(tmp_path_factory):
             slots,
             mem_limit_mb=MEM_LIMIT_MB,
             startup_allowance_s=3,
+            wall_factor=1.0,  # the wall limit is what these tests are about
             use_bwrap=USE_BWRAP,
             term_grace_s=1.0,
             logs_dir=run_dir / "logs-fast",

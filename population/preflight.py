@@ -3,9 +3,9 @@
 Flow: `evolve` calls `check_all` after reading the run's settings and before it creates
 the run directory (a new run) or starts the arena (a resumed one). Each check either
 returns a short line for the narrative ("data: ...") or raises `PreflightError` whose
-message is one line saying what to do: the prepared data, the device slots, the
-sandbox (bubblewrap, or the user's explicit --unconfined), every persona's model (API
-key present, endpoint answering), the embedded model's parts, and free disk space.
+message is one line saying what to do: the prepared data, the device slots, free disk
+space, the sandbox (bubblewrap, or the user's explicit --unconfined), and every
+persona's model (API key present, endpoint answering, the embedded model's parts).
 
 What it does not do: call a model (a key that is present but wrong is only found by the
 first call, which stops the run with LLMConfigError), or decide anything about the run.
@@ -156,6 +156,6 @@ def check_all(data_dir: Path, devices: tuple[str, ...], unconfined: bool, person
     if slots:
         lines.append("devices: " + ", ".join(f"{s.name} [{s.device_name}]" for s in slots))
     lines.append(check_disk(run_dir.parent if not run_dir.exists() else run_dir))
-    lines += check_models(personas_config)
     lines.append(check_sandbox(unconfined))
+    lines += check_models(personas_config)
     return Preflight(data, slots, lines)

@@ -27,6 +27,7 @@ from textual.message import Message
 from textual.screen import ModalScreen
 from textual.widgets import Static
 
+from population.display import clean, one_line
 from population.store import Evaluation
 from tui.git_diff import diff_to_parent
 from tui.population_table import score_cell
@@ -42,7 +43,7 @@ def describe(row: CandidateRow, evals: tuple[Evaluation, ...]) -> Text:
     t.append(f"{row.id}", style="bold")
     t.append(f"  generation {row.generation}  persona {row.persona}")
     if row.model:
-        t.append(f" ({row.model})")
+        t.append(f" ({one_line(row.model)})")
     t.append(f"  status {row.status}\n")
     parents = ", ".join(p for p in (row.parent_id, row.second_parent_id) if p) or "-"
     t.append(f"parent {parents}  commit {(row.commit or '-')[:12]}  LLM cost ${row.cost_usd:.4f}\n")
@@ -50,9 +51,9 @@ def describe(row: CandidateRow, evals: tuple[Evaluation, ...]) -> Text:
     if row.summary is not None:
         t.append(f"  peak memory {row.summary.mem_mean:.0f} MB")
     t.append("\n\nhypothesis\n", style="bold")
-    t.append((row.hypothesis or "(none)") + "\n")
+    t.append(clean(row.hypothesis or "(none)") + "\n")
     t.append("\nmessage\n", style="bold")
-    t.append((row.message or "(none)") + "\n")
+    t.append(clean(row.message or "(none)") + "\n")
     t.append("\nruns\n", style="bold")
     if not evals:
         t.append("(none yet)\n")
@@ -62,7 +63,7 @@ def describe(row: CandidateRow, evals: tuple[Evaluation, ...]) -> Text:
                  f"mem {_f(e.peak_mem_mb, '.0f'):>6} MB  train {_f(e.training_seconds, '.0f')} s  "
                  f"{e.device_type} {e.device_name}\n")
         if e.status not in ("evaluated", "running") and e.message:
-            t.append("      " + e.message.strip().splitlines()[-1][:160] + "\n", style="red")
+            t.append("      " + (clean(e.message).strip().splitlines() or [""])[-1][:160] + "\n", style="red")
     return t
 
 
@@ -113,7 +114,7 @@ class CandidateDetails(ModalScreen[None]):
         self.post_message(self.DiffRead(diff_to_parent(self.run_dir, self.row.commit)))
 
     def on_candidate_details_diff_read(self, message: DiffRead) -> None:
-        diff = message.diff
+        diff = clean(message.diff)
         self.diff_text = diff
         if not self.query("#diff"):  # the screen is closing
             return

@@ -94,10 +94,10 @@ def lineage(cands: dict[str, Candidate], cid: str) -> list[Candidate]:
     return list(reversed(chain))
 
 
-def gap_trend(chain: list[Candidate], sc: dict[str, Score], noise_sd: float | None) -> str | None:
-    """A warning when the val-test gap grew along the lineage by more than GAP_GROWTH
-    noise-floor sds (None when it did not, or cannot be told)."""
-    gaps = [(c.id, sc[c.id].gap) for c in chain if c.id in sc and sc[c.id].gap is not None]
+def gap_trend(chain: list[str], sc: dict[str, Score], noise_sd: float | None) -> str | None:
+    """A warning when the val-test gap grew along the lineage (candidate ids, root
+    first) by more than GAP_GROWTH noise-floor sds (None when it did not, or cannot be told)."""
+    gaps = [(cid, sc[cid].gap) for cid in chain if cid in sc and sc[cid].gap is not None]
     if len(gaps) < 2 or not noise_sd:
         return None
     (first_id, first), (last_id, last) = gaps[0], gaps[-1]
@@ -226,7 +226,7 @@ def summary_text(store: Store, run_dir: str | os.PathLike | None = None) -> str:
     bs = sc.get(best.id)
     if bs is not None and bs.gap is not None and root.gap is not None:
         lines.append(f"Val-test gap (sealed test split): root {root.gap:+.4f}, best {bs.gap:+.4f}.")
-    warn = gap_trend(chain, sc, noise_sd)
+    warn = gap_trend([c.id for c in chain], sc, noise_sd)
     if warn:
         lines.append("Warning: " + warn + ".")
     return "\n".join(lines)
@@ -377,7 +377,7 @@ def report_markdown(store: Store, run_dir: str | os.PathLike, files: ReportFiles
             s = sc.get(c.id)
             out.append(f"| {c.id} | {'-' if s is None else f'{s.val_bpb:.4f}'} | {_gap(s)} | "
                        f"{one_line(c.message).replace('|', '/') or c.status.value} |")
-        warn = gap_trend(chain, sc, floor.get("val_std"))
+        warn = gap_trend([c.id for c in chain], sc, floor.get("val_std"))
         out += ["", f"**Warning:** {warn}." if warn else "The val-test gap does not grow along this lineage.", ""]
         out += ["## Generations", "", "| generation | hypervolume | archive | outcomes |", "| --- | --- | --- | --- |"]
         for g in gens:

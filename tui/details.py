@@ -6,8 +6,9 @@ a thread worker (`tui.git_diff`) so a slow git never blocks the screen. Escape o
 closes it.
 
 What it does not do: read the store (the app hands it the snapshot's rows), or show
-test_bpb: the test split stays sealed from selection, and this screen is where a human
-selects.
+test_bpb itself: this screen is where a human selects, so the sealed split appears only
+as the val-test gap (test_bpb - val_bpb), the overfitting signal, with a warning on the
+lineage when the gap grows along it (population.report.gap_trend).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from typing import ClassVar
 from rich.console import Group
 from rich.syntax import Syntax
 from rich.text import Text
+from rich.tree import Tree
 from textual import work
 from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
@@ -28,14 +30,53 @@ from textual.screen import ModalScreen
 from textual.widgets import Static
 
 from population.display import clean, one_line
+from population.report import gap_trend, scores
 from population.store import Evaluation
 from tui.git_diff import diff_to_parent
+from tui.header import STATUS_STYLES
 from tui.population_table import score_cell
-from tui.snapshot import CandidateRow
+from tui.snapshot import CandidateRow, Snapshot
 
 
 def _f(x: float | None, fmt: str) -> str:
     return "-" if x is None else format(x, fmt)
+
+
+def lineage_tree(snapshot: Snapshot, cid: str) -> Tree:
+    """The candidate's ancestry from the root (first parents, crossover parents named),
+    the candidate itself, and its children, each with status and mean val_bpb."""
+    rows = {c.id: c for c in snapshot.candidates}
+    sc = scores(e for evals in snapshot.evaluations.values() for e in evals if e.finished)
+
+    def label(c: CandidateRow, me: bool = False) -> Text:
+        t = Text(c.id, style="bold reverse" if me else "bold")
+        t.append(f"  {c.status}", style=STATUS_STYLES.get(c.status, ""))
+        if c.summary is not None:
+            t.append(f"  val_bpb {c.summary.val_mean:.4f} ({c.summary.n_seeds} seeds)")
+        if c.id in sc and sc[c.id].gap is not None:
+            t.append(f"  gap {sc[c.id].gap:+.4f}")
+        if c.second_parent_id:
+            t.append(f"  crossover with {c.second_parent_id}", style="italic")
+        if c.hypothesis and not me:
+            t.append("  " + one_line(c.hypothesis)[:70], style="dim")
+        return t
+
+    chain: list[CandidateRow] = []
+    cur = rows.get(cid)
+    while cur is not None:
+        chain.append(cur)
+        cur = rows.get(cur.parent_id) if cur.parent_id else None
+    chain.reverse()
+    warning = gap_trend([c.id for c in chain], sc, snapshot.status.noise.val_std if snapshot.status.noise else None)
+    tree = Tree(Text("lineage" + (f"  warning: {warning}" if warning else ""),
+                     style="bold red" if warning else "bold"))
+    node = tree
+    for c in chain:
+        node = node.add(label(c, me=c.id == cid))
+    for child in sorted((c for c in snapshot.candidates if cid in (c.parent_id, c.second_parent_id)),
+                        key=lambda c: (c.generation, c.idx)):
+        node.add(label(child))
+    return tree
 
 
 def describe(row: CandidateRow, evals: tuple[Evaluation, ...]) -> Text:
@@ -50,6 +91,9 @@ def describe(row: CandidateRow, evals: tuple[Evaluation, ...]) -> Text:
     t.append(f"val_bpb {score_cell(row)}")
     if row.summary is not None:
         t.append(f"  peak memory {row.summary.mem_mean:.0f} MB")
+    gap = scores(evals).get(row.id)
+    if gap is not None and gap.gap is not None:
+        t.append(f"  val-test gap {gap.gap:+.4f}")
     t.append("\n\nhypothesis\n", style="bold")
     t.append(clean(row.hypothesis or "(none)") + "\n")
     t.append("\nmessage\n", style="bold")
@@ -77,7 +121,11 @@ class CandidateDetails(ModalScreen[None]):
             super().__init__()
             self.diff = diff
 
-    BINDINGS: ClassVar[list[BindingType]] = [Binding("escape", "dismiss", "close"), Binding("q", "dismiss", "close")]
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("escape", "dismiss", "close"), Binding("q", "dismiss", "close"),
+        Binding("space,pagedown", "page(1)", "page down"), Binding("b,pageup", "page(-1)", "page up"),
+        Binding("g,home", "edge(0)", "top", show=False), Binding("G,end", "edge(1)", "bottom", show=False),
+    ]
 
     DEFAULT_CSS = """
     CandidateDetails {
@@ -92,21 +140,41 @@ class CandidateDetails(ModalScreen[None]):
     }
     """
 
-    def __init__(self, run_dir: Path, row: CandidateRow, evals: tuple[Evaluation, ...]) -> None:
+    def __init__(self, run_dir: Path, row: CandidateRow, evals: tuple[Evaluation, ...],
+                 snapshot: Snapshot | None = None) -> None:
         super().__init__()
         self.run_dir = run_dir
         self.row = row
         self.evals = evals
+        self.snapshot = snapshot
         self.diff_text: str | None = None  # set once git answered
 
     def compose(self) -> ComposeResult:
         with VerticalScroll():
             yield Static(describe(self.row, self.evals), id="summary")
+            if self.snapshot is not None:
+                yield Static(lineage_tree(self.snapshot, self.row.id), id="lineage")
             yield Static(Text("diff against the parent: reading git...", style="dim"), id="diff")
 
     def on_mount(self) -> None:
-        self.query_one(VerticalScroll).border_title = f"candidate {self.row.id} (escape to close)"
+        scroll = self.query_one(VerticalScroll)
+        scroll.border_title = f"candidate {self.row.id} (escape to close)"
+        scroll.border_subtitle = "space/b page  g/G top/bottom"
         self.load_diff()
+
+    def action_page(self, direction: int) -> None:
+        scroll = self.query_one(VerticalScroll)
+        if direction > 0:
+            scroll.scroll_page_down(animate=False)
+        else:
+            scroll.scroll_page_up(animate=False)
+
+    def action_edge(self, end: int) -> None:
+        scroll = self.query_one(VerticalScroll)
+        if end:
+            scroll.scroll_end(animate=False)
+        else:
+            scroll.scroll_home(animate=False)
 
     @work(thread=True, exclusive=True, exit_on_error=False)
     def load_diff(self) -> None:

@@ -1,0 +1,158 @@
+"""The first command's path for real, on a tiny corpus, with an interruption in the worst
+place: Ctrl-C (SIGINT) while a proposal waits on a slow LLM. `evolve` must exit within
+seconds, leave no temporary harness or supervisor directory, and `--resume` (with no
+other flag) must go on with the run's own settings to a decided generation. Then
+`evolve report` and `evolve export --format series` on that run.
+
+The LLM is the scripted OpenAI-compatible server (agents.scripted_server); training,
+sandbox, evaluation, store and git are real."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from series_helpers import check_series_applies
+
+import prepare
+from agents.scripted_server import ScriptedLLMServer
+from population.store import Store, store_path
+
+ROOT = Path(__file__).resolve().parent.parent
+HYPOTHESIS = "A shorter warm-down keeps the learning rate high for longer in a tiny budget."
+KNOB_REPLY = json.dumps({"hypothesis": HYPOTHESIS, "changes": [{"name": "WARMDOWN_FRAC", "value": 0.2}]})
+SEARCH_REPLACE_REPLY = (
+    f"HYPOTHESIS: {HYPOTHESIS}\n\n<<<<<<< SEARCH\n"
+    "WARMDOWN_FRAC = 0.4  # fraction of the budget at the end spent decaying it to zero\n=======\n"
+    "WARMDOWN_FRAC = 0.2  # fraction of the budget at the end spent decaying it to zero\n>>>>>>> REPLACE\n"
+)
+
+
+class SlowLLM:
+    """Answers only once `release` is set; `asked` is set when a request arrives."""
+
+    def __init__(self) -> None:
+        self.asked = threading.Event()
+        self.release = threading.Event()
+
+    def __call__(self, request: dict) -> str:
+        self.asked.set()
+        self.release.wait(300)
+        return KNOB_REPLY if request.get("response_format") else SEARCH_REPLACE_REPLY
+
+
+def leftovers(tmp: Path) -> list[str]:
+    return sorted(p.name for p in tmp.iterdir() if p.name.startswith("evolve-"))
+
+
+@pytest.fixture(scope="module")
+def interrupted_run(tmp_path_factory) -> dict:
+    base = tmp_path_factory.mktemp("interrupt")
+    corpus = base / "corpus"
+    corpus.mkdir()
+    for i in range(12):
+        (corpus / f"c{i:02d}.txt").write_text(f"Chapter {i}.\n" + "The quick brown fox jumps over the lazy dog.\n" * 60)
+    data = base / "data"
+    assert prepare.main(["--text", str(corpus), "--data-dir", str(data)]) == 0
+    tmp = base / "tmp"
+    tmp.mkdir()
+    run = base / "run"
+    slow = SlowLLM()
+    facts: dict = {"run": run, "tmp": tmp}
+    with ScriptedLLMServer([slow]) as llm:
+        program = base / "program.md"
+        program.write_text(
+            "+++\nbudget_s = 60\npopulation = 4\n"
+            f'model = "openai/scripted"\napi_base = "{llm.api_base}"\n'
+            "[seeds]\nroot = 2\ninitial = 1\nmax = 1\n[stop]\ngenerations = 5\n+++\n\nLower val_bpb.\n"
+        )
+        env = dict(os.environ, EVOLVE_DATA=str(data), OPENAI_API_KEY="not-needed-locally", TMPDIR=str(tmp))
+        cmd = [sys.executable, "-m", "population.cli", "--program", str(program), "--run-dir", str(run),
+               "--devices", "cpu", "--budget", "1", "--population", "1", "--generations", "1"]
+        p = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            assert slow.asked.wait(500), "the proposer never called the LLM"
+            time.sleep(1.0)  # the proposal is in flight: the proposer thread waits on the HTTP reply
+            t0 = time.monotonic()
+            p.send_signal(signal.SIGINT)
+            out, err = p.communicate(timeout=120)
+            facts["exit_s"] = time.monotonic() - t0
+        finally:
+            if p.poll() is None:
+                p.kill()
+        facts.update(code=p.returncode, out=out, err=err, left=leftovers(tmp))
+        with Store.open(store_path(run), readonly=True) as store:
+            facts["root_runs_before"] = [e.id for e in store.evaluations("root")]
+            facts["outcome"] = store.sessions()[-1]["outcome"]
+            facts["events"] = [e["kind"] for e in store.events(20)]
+        slow.release.set()  # the resumed run gets its answer at once
+        resumed = subprocess.run([sys.executable, "-m", "population.cli", "--resume", "--run-dir", str(run)],
+                                 cwd=ROOT, env=env, capture_output=True, text=True, timeout=900, check=False)
+        facts["resumed"] = resumed
+        facts["left_after"] = leftovers(tmp)
+    return facts
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1500)
+def test_ctrl_c_during_a_proposal_exits_in_seconds_and_cleanly(interrupted_run):
+    f = interrupted_run
+    assert f["code"] == 130, f["err"][-2000:]
+    assert f["exit_s"] < 30, f["exit_s"]  # seconds (generous: the test machine is shared)
+    assert "continue with `evolve --resume --run-dir" in f["err"]
+    assert f["left"] == []  # no evolve-harness-* or evolve-supervise-* left behind
+    assert f["outcome"] == "interrupted" and "interrupted" in f["events"]
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1500)
+def test_resume_goes_on_with_the_run_settings(interrupted_run):
+    f = interrupted_run
+    r = f["resumed"]
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert f["left_after"] == []
+    with Store.open(store_path(f["run"]), readonly=True) as store:
+        configs = [json.loads(s["config"]) for s in store.sessions()]
+        root_runs = [e.id for e in store.evaluations("root")]
+        children = [c for c in store.candidates() if c.id != "root"]
+        child_runs = [e for e in store.evaluations() if e.candidate_id != "root"]
+    # the flags of the first start hold, not program.md's budget 60, population 4, 5 generations
+    assert [(c["budget_s"], c["population"], c["generations"]) for c in configs] == [(1, 1, 1)] * 2
+    assert root_runs == f["root_runs_before"]  # finished runs are not redone
+    assert len(children) == 1 and children[0].status.value in ("confirmed", "rejected")
+    assert child_runs and all(e.status == "evaluated" for e in child_runs)
+    assert "generations finished: 1" in r.stdout and "children decided" in r.stdout
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1500)
+def test_report_files_and_the_series_of_a_real_run(interrupted_run, tmp_path):
+    from PIL import Image
+
+    run = interrupted_run["run"]
+    r = subprocess.run([sys.executable, "-m", "population.cli", "report", "--run-dir", str(run)], cwd=ROOT,
+                       capture_output=True, text=True, timeout=300, check=False)
+    assert r.returncode == 0, r.stderr
+    rows = (run / "report" / "results.tsv").read_text().splitlines()
+    assert rows[0].split("\t") == ["commit", "val_bpb", "memory_gb", "status", "description"]
+    assert len(rows) == 1 + 3  # two root runs and the child's run
+    assert all(0 < float(row.split("\t")[1]) < 8 for row in rows[1:])
+    progress, pareto = Image.open(run / "report" / "progress.png"), Image.open(run / "report" / "pareto.png")
+    assert progress.size == (1200, 450) and pareto.size == (700, 500)
+    for img, colour in ((progress, (44, 160, 44)), (pareto, (255, 127, 14))):  # kept dots; the root's star
+        pixels = img.convert("RGB").getdata()
+        assert sum(1 for px in pixels if px == colour) > 20
+        assert len(set(pixels)) > 50  # axes, text and dots, not a blank canvas
+    md = (run / "report" / "report.md").read_text()
+    assert "![progress](progress.png)" in md and "![pareto](pareto.png)" in md and "results.tsv" in md
+    assert "The unmodified train.py scored val_bpb" in md and "val-test gap" in md.lower()
+    with Store.open(store_path(run), readonly=True) as store:
+        child = next(c for c in store.candidates() if c.id != "root")
+    check_series_applies(run, child.id, tmp_path)

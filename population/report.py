@@ -199,7 +199,7 @@ def summary_text(store: Store, run_dir: str | os.PathLike | None = None) -> str:
         return "\n".join(lines)
     kept = [c for c in decided if c.status == Status.CONFIRMED]
     failed = [c for c in decided if c.status in FAILURES]
-    lines.append(f"{len(decided)} children decided: {len(kept)} kept (better than their parent by a paired test "
+    lines.append(f"{len(decided)} {'child' if len(decided) == 1 else 'children'} decided: {len(kept)} kept (better than their parent by a paired test "
                  f"on the same seeds), {len(decided) - len(kept) - len(failed)} discarded, {len(failed)} failed to run.")
     best_row = min(gens[-1].archive, key=lambda r: (r["val_bpb"], r["peak_mem_mb"])) if gens else None
     if best_row is None or best_row["candidate_id"] == ROOT_ID:

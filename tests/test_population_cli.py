@@ -36,7 +36,7 @@ def test_run_then_status_and_report(sim_run):
     assert "val-test gap" in status.stdout and "gap +0.0020" in status.stdout
     report = evolve("report", "--run-dir", str(sim_run))
     assert report.returncode == 0, report.stderr
-    assert "children decided" in report.stdout and "report.md" in report.stdout
+    assert " decided: " in report.stdout and "report.md" in report.stdout
     md = (sim_run / "report" / "report.md").read_text()
     assert "![progress](progress.png)" in md and "## Lineage of" in md and "| 2 |" in md
 

@@ -106,6 +106,8 @@ def _add_run_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--sim-noise", type=float, help="simulated val_bpb noise std (--simulate; default 0.01)")
     p.add_argument("--sim-run-seconds", type=float, help="simulated run time (--simulate; default 0.05)")
     p.add_argument("--sim-slots", type=int, help="simulated device slots (--simulate; default 2)")
+    p.add_argument("--sim-propose-seconds", type=float,
+                   help="seconds each simulated proposal takes, as an LLM call would (--simulate; default 0)")
     p.add_argument("-q", "--quiet", action="store_true", help="print only the closing summary")
     p.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
 
@@ -184,7 +186,7 @@ def _open_for_resume(args: argparse.Namespace, out: Narrator) -> OpenedRun:
         settings, changed = resume_settings(stored_settings(store, text, str(program_file)), args)
         cfg = settings.config(parse_program(text, str(program_file)).prose)
         if changed:
-            store.set_run_settings({"program": settings.program})
+            store.set_run_settings({"program": settings.program, "simulate": settings.simulate})
             out.say("resuming with " + ", ".join(changed))
         pre = _preflight(settings, cfg, run_dir, out) if settings.mode == "real" else None
     except BaseException:
@@ -279,7 +281,8 @@ def _run(args: argparse.Namespace, run: OpenedRun, stack: contextlib.ExitStack, 
         stack.callback(arena.close)
         personas = sorted(cfg.personas) or SIM_PERSONAS
         out.say(f"{verb} simulated run {repo.run_dir} (no training: synthetic scores of the knob constants)")
-        loop = GenerationLoop(store, repo, arena, KnobProposer(), cfg, personas, slots=arena.slots,
+        proposer = KnobProposer(delay_s=float(sim["propose_seconds"]))
+        loop = GenerationLoop(store, repo, arena, proposer, cfg, personas, slots=arena.slots,
                               on_event=out.say)
         slots, device = arena.slots, "simulated"
     else:

@@ -3,7 +3,7 @@
 Flow: `evolve` calls `check_all` after reading the run's settings and before it creates
 the run directory (a new run) or starts the arena (a resumed one). Each check either
 returns a short line for the narrative ("data: ...") or raises `PreflightError` whose
-message is one line saying what to do: the prepared data, the device slots, free disk
+message is one line saying what to do: the device slots, the prepared data, free disk
 space, the sandbox (bubblewrap, or the user's explicit --unconfined), and every
 persona's model (API key present, endpoint answering, the embedded model's parts).
 
@@ -150,9 +150,9 @@ def check_all(data_dir: Path, devices: tuple[str, ...], unconfined: bool, person
               run_dir: Path, executor_slots: bool = True) -> Preflight:
     """Every prerequisite of a real run, cheapest first. `executor_slots=False` (a Ray
     cluster at an address) skips the local device slots."""
+    slots = check_slots(devices) if executor_slots else []
     data = check_data(data_dir)
     lines = [f"data: {data}"]
-    slots = check_slots(devices) if executor_slots else []
     if slots:
         lines.append("devices: " + ", ".join(f"{s.name} [{s.device_name}]" for s in slots))
     lines.append(check_disk(run_dir.parent if not run_dir.exists() else run_dir))

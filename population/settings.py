@@ -6,8 +6,8 @@ appears; `evolve --resume` reads them back (`stored_settings`) and applies the f
 given again (`resume_settings`), so a resumed run trains with the same budget,
 population, seeds, model, devices and data as before. A flag that contradicts a
 setting that changes what a measurement means is refused with `SettingsConflict`;
-stopping criteria (`--generations`) may be moved on resume, since they only say when
-to stop.
+stopping criteria (`--generations`) and the simulated proposer's latency may be moved
+on resume, since they change when the run stops or how long it waits, not a score.
 
 What it does not do: check that the settings can run (population.preflight does) or
 build anything from them (the CLI does).
@@ -25,7 +25,7 @@ from typing import Any
 from population.program import ProgramConfig, parse_program
 from population.store import Store
 
-SIM_DEFAULTS = {"noise": 0.01, "run_seconds": 0.05, "slots": 2}
+SIM_DEFAULTS = {"noise": 0.01, "run_seconds": 0.05, "slots": 2, "propose_seconds": 0.0}
 
 
 class SettingsConflict(Exception):
@@ -68,8 +68,9 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _sim(args: argparse.Namespace, base: dict[str, float]) -> dict[str, float]:
-    given = {"noise": args.sim_noise, "run_seconds": args.sim_run_seconds, "slots": args.sim_slots}
-    return {k: (float(v) if v is not None else base[k]) for k, v in given.items()}
+    given = {"noise": args.sim_noise, "run_seconds": args.sim_run_seconds, "slots": args.sim_slots,
+             "propose_seconds": args.sim_propose_seconds}
+    return {k: (float(v) if v is not None else float(base.get(k, SIM_DEFAULTS[k]))) for k, v in given.items()}
 
 
 def new_settings(args: argparse.Namespace, program_text: str, source: str) -> tuple[RunSettings, ProgramConfig]:
@@ -86,11 +87,11 @@ def stored_settings(store: Store, program_text: str, source: str) -> RunSettings
     their first session's configuration and their own program.md."""
     rec = store.run_settings()
     if rec:
-        return RunSettings(rec["program"], rec.get("mode", "real"), rec.get("simulate", dict(SIM_DEFAULTS)),
+        return RunSettings(rec["program"], rec.get("mode", "real"), {**SIM_DEFAULTS, **rec.get("simulate", {})},
                            rec.get("data_dir"), rec.get("ray"), bool(rec.get("unconfined", False)))
     sessions = store.sessions()
     program = json.loads(sessions[0]["config"]) if sessions else program_fields(parse_program(program_text, source))
-    return RunSettings(program, store.get_meta("mode", "real"), store.get_meta("simulate", dict(SIM_DEFAULTS)))
+    return RunSettings(program, store.get_meta("mode", "real"), {**SIM_DEFAULTS, **store.get_meta("simulate", {})})
 
 
 def _same(a: Any, b: Any) -> bool:
@@ -130,8 +131,9 @@ def resume_settings(stored: RunSettings, args: argparse.Namespace) -> tuple[RunS
         if conflict:
             raise SettingsConflict(f"this run {why}; a resumed run keeps its settings: drop {flag}, "
                                    "or start a new run with another --run-dir")
-    sim_given = _sim(args, stored.simulate)
-    if sim_given != stored.simulate:
+    sim = _sim(args, stored.simulate)
+    if {k: v for k, v in sim.items() if k != "propose_seconds"} != \
+            {k: v for k, v in stored.simulate.items() if k != "propose_seconds"}:
         raise SettingsConflict("this run was started with other --sim-* values; a resumed run keeps its "
                                "settings: drop them, or start a new run with another --run-dir")
     changed = []
@@ -139,4 +141,6 @@ def resume_settings(stored: RunSettings, args: argparse.Namespace) -> tuple[RunS
     if args.generations is not None and args.generations != program.get("generations"):
         changed.append(f"generations {program.get('generations')} -> {args.generations}")
         program["generations"] = args.generations
-    return dataclasses.replace(stored, program=program), changed
+    if sim["propose_seconds"] != stored.simulate.get("propose_seconds"):  # a proposer's latency, not a measurement
+        changed.append(f"simulated proposals {stored.simulate.get('propose_seconds')} s -> {sim['propose_seconds']} s")
+    return dataclasses.replace(stored, program=program, simulate=sim), changed

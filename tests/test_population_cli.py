@@ -32,7 +32,7 @@ def test_run_then_status_and_report(sim_run):
     status = evolve("status", "--run-dir", str(sim_run))
     assert status.returncode == 0
     assert "stopped (reached 2 generations)" in status.stdout
-    assert "archive:" in status.stdout
+    assert "archive (val-test gap" in status.stdout
     assert "val-test gap" in status.stdout and "gap +0.0020" in status.stdout
     report = evolve("report", "--run-dir", str(sim_run))
     assert report.returncode == 0, report.stderr

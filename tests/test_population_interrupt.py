@@ -1,5 +1,6 @@
-"""The first command's path for real, on a tiny corpus, with an interruption in the worst
-place: Ctrl-C (SIGINT) while a proposal waits on a slow LLM. `evolve` must exit within
+"""Ctrl-C in the worst place: while a proposal waits on a slow proposer. First on the
+simulated arena with a proposer that takes a minute (fast), then the first command's
+path for real, on a tiny corpus, with Ctrl-C (SIGINT) while a proposal waits on a slow LLM. `evolve` must exit within
 seconds, leave no temporary harness or supervisor directory, and `--resume` (with no
 other flag) must go on with the run's own settings to a decided generation. Then
 `evolve report` and `evolve export --format series` on that run.
@@ -12,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -33,6 +35,52 @@ SEARCH_REPLACE_REPLY = (
     "WARMDOWN_FRAC = 0.4  # fraction of the budget at the end spent decaying it to zero\n=======\n"
     "WARMDOWN_FRAC = 0.2  # fraction of the budget at the end spent decaying it to zero\n>>>>>>> REPLACE\n"
 )
+
+
+def proposing(run_dir: Path) -> bool:
+    """Whether a child of generation 1 is being proposed (planned, no commit yet)."""
+    db = run_dir / "evolve.db"
+    if not db.exists():
+        return False
+    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    try:
+        return conn.execute("SELECT COUNT(*) FROM candidates WHERE generation = 1 AND commit_sha IS NULL "
+                            "AND status = 'proposed'").fetchone()[0] > 0
+    except sqlite3.OperationalError:
+        return False
+    finally:
+        conn.close()
+
+
+def test_ctrl_c_while_a_simulated_proposal_is_in_flight_then_resume(tmp_path):
+    run = tmp_path / "run"
+    cmd = [sys.executable, "-m", "population.cli", "--simulate", "--generations", "1", "--population", "1",
+           "--sim-run-seconds", "0", "--sim-propose-seconds", "120", "--run-dir", str(run)]
+    p = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not proposing(run):
+            assert p.poll() is None and time.monotonic() < deadline, p.communicate()
+            time.sleep(0.1)
+        time.sleep(0.5)
+        t0 = time.monotonic()
+        p.send_signal(signal.SIGINT)
+        _, err = p.communicate(timeout=60)
+        exit_s = time.monotonic() - t0
+    finally:
+        if p.poll() is None:
+            p.kill()
+    assert p.returncode == 130, err
+    assert exit_s < 20, exit_s  # not the 120 s the proposal still had (generous: a shared machine)
+    assert err.strip().splitlines()[-1].startswith("evolve: interrupted") and "--resume" in err
+    with Store.open(store_path(run), readonly=True) as store:
+        assert store.sessions()[-1]["outcome"] == "interrupted"
+        assert [e["kind"] for e in store.events(1)] == ["interrupted"]
+    resumed = subprocess.run([sys.executable, "-m", "population.cli", "--resume", "--run-dir", str(run),
+                              "--sim-propose-seconds", "0", "-q"],
+                             cwd=ROOT, capture_output=True, text=True, timeout=120, check=False)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "generations finished: 1" in resumed.stdout and "1 child decided" in resumed.stdout
 
 
 class SlowLLM:

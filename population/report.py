@@ -296,7 +296,7 @@ def plot_progress(store: Store, path: Path) -> Path:
             pts = [(first[c][k], sc[c].val_bpb) for c in first if _verdict(cands[c]) == verdict]
             if pts:
                 ax.scatter([p[0] for p in pts], [p[1] for p in pts], s=28, c=colour, label=verdict,
-                           alpha=0.85, edgecolors="none", zorder=3)
+                           edgecolors="none", zorder=3)
         if gens:
             xs, ys = [], []
             for g in gens:

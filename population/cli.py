@@ -1,15 +1,21 @@
 """`evolve`: the command line, a thin shell over the population library.
 
     evolve --generations N [--budget S] [--population P] [--run-dir DIR] [--resume]
-           [--devices ...] [--model ...] [--ray [ADDRESS]] [--simulate]
-    evolve status | report | tui [--run-dir DIR]
-    evolve export --best|--candidate ID --format series|patch|file [--out PATH] [--run-dir DIR]
+           [--devices ...] [--model ...] [--ray [ADDRESS]] [--unconfined] [--simulate]
+    evolve status | tui [--run-dir DIR]
+    evolve report [--run-dir DIR] [--out DIR]
+    evolve export --best|--candidate ID --format series|patch|file|report [--out PATH] [--run-dir DIR]
     evolve prepare [prepare.py's options]
 
-Flow: parse flags, read program.md (the run's own copy when resuming), build the parts
-(store, experiment repository, arena, proposer), hand them to `GenerationLoop`, print
-what happens. Named errors from the library become one line on stderr and exit code 1;
-usage errors exit 2.
+Flow of a run: read program.md and the flags into the run's settings (population.settings;
+a resumed run reads its own), check every prerequisite in seconds (population.preflight),
+create the run directory whole, build the parts (store, experiment repository, arena,
+proposer, the embedded model with its log in the run's logs/), hand them to
+`GenerationLoop`, and narrate (population.narrate): what it is doing, the current step's
+progress with an estimate, and a closing summary in words (population.report). Ctrl-C
+or SIGTERM stops it within seconds, cleanly; `--resume` goes on. Named errors from the
+library become one line on stderr and exit code 1; usage errors exit 2. Text written by
+a candidate or an LLM is shown only through population.display.
 
 What it does not do: decide anything about the search; every rule lives in the library.
 """

@@ -41,7 +41,7 @@ from population.narrate import Narrator
 from population.program import ProgramConfig, ProgramError, parse_program
 from population.settings import (
     RunSettings,
-    SettingsConflict,
+    SettingsError,
     new_settings,
     program_fields,
     resume_settings,
@@ -468,7 +468,7 @@ def build_parser() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
 
 
 def _errors() -> tuple[type[BaseException], ...]:
-    errors: list[type[BaseException]] = [CLIError, ProgramError, StoreError, SettingsConflict]
+    errors: list[type[BaseException]] = [CLIError, ProgramError, StoreError, SettingsError]
     for mod, names in (("population.loop", ["LoopError"]), ("population.export", ["ExportError"]),
                        ("population.preflight", ["PreflightError"]), ("population.report", ["ReportError"]),
                        ("arena.repo", ["RepoError"]), ("agents.personas", ["PersonaConfigError"]),

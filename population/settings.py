@@ -28,7 +28,11 @@ from population.store import Store
 SIM_DEFAULTS = {"noise": 0.01, "run_seconds": 0.05, "slots": 2, "propose_seconds": 0.0}
 
 
-class SettingsConflict(Exception):
+class SettingsError(Exception):
+    """A setting cannot be used (the message names the flag and what it must be)."""
+
+
+class SettingsConflict(SettingsError):
     """A flag given with --resume contradicts the run's recorded settings."""
 
 
@@ -70,7 +74,13 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
 def _sim(args: argparse.Namespace, base: dict[str, float]) -> dict[str, float]:
     given = {"noise": args.sim_noise, "run_seconds": args.sim_run_seconds, "slots": args.sim_slots,
              "propose_seconds": args.sim_propose_seconds}
-    return {k: (float(v) if v is not None else float(base.get(k, SIM_DEFAULTS[k]))) for k, v in given.items()}
+    sim = {k: (float(v) if v is not None else float(base.get(k, SIM_DEFAULTS[k]))) for k, v in given.items()}
+    if sim["slots"] < 1:
+        raise SettingsError("--sim-slots must be at least 1")
+    for k in ("noise", "run_seconds", "propose_seconds"):
+        if sim[k] < 0:
+            raise SettingsError(f"--sim-{k.replace('_', '-')} must be >= 0")
+    return sim
 
 
 def new_settings(args: argparse.Namespace, program_text: str, source: str) -> tuple[RunSettings, ProgramConfig]:

@@ -77,3 +77,9 @@ def test_a_missing_program_file_is_one_line(tmp_path):
                                 "--run-dir", str(tmp_path / "run")))
     assert "no such file" in err and "missing.md" in err
     assert not (tmp_path / "run").exists()
+
+
+def test_an_impossible_simulation_setting_is_one_line(tmp_path):
+    err = one_line_error(evolve("--simulate", "--sim-slots", "0", "--run-dir", str(tmp_path / "run")))
+    assert "--sim-slots must be at least 1" in err
+    assert not (tmp_path / "run").exists()

@@ -191,6 +191,9 @@ def _open_for_resume(args: argparse.Namespace, out: Narrator) -> OpenedRun:
         text = program_file.read_text(encoding="utf-8")
         settings, changed = resume_settings(stored_settings(store, text, str(program_file)), args)
         cfg = settings.config(parse_program(text, str(program_file)).prose)
+        if settings.mode == "real" and settings.data_dir is None:  # a run from before settings were kept
+            settings = dataclasses.replace(settings, data_dir=str(_data_dir(args)))
+            store.set_run_settings(settings.as_store())
         if changed:
             store.set_run_settings({"program": settings.program, "simulate": settings.simulate})
             out.say("resuming with " + ", ".join(changed))

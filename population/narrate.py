@@ -58,7 +58,7 @@ def progress_line(store: Store, budget_s: float, slots: int, population: int, in
         waiting = [c for c in cands if c.status.value == "proposed" and c.commit is None]
         if waiting:
             oldest = min(c.created_at for c in waiting)
-            parts.append(f"{len(waiting)} proposal(s) waiting for the LLM ({format_seconds(now - oldest)})")
+            parts.append(f"proposing {len(waiting)} child(ren), the oldest for {format_seconds(now - oldest)}")
         own = {e.candidate_id for e in done if e.generation == g and e.purpose in ("initial", "race")}
         pending = [c for c in cands if c.id not in own and c.status.value in ("proposed", "running")]
         left_runs = (population - len(cands)) * 2 + 2 * len(pending)  # a child's run and its parent's

@@ -165,6 +165,12 @@ def status_text(store: Store) -> str:
             lines.append(f"  {c.id:10s} val_bpb {r['val_bpb']:.4f} +- {r.get('val_std', 0):.4f} "
                          f"({r.get('n_seeds', 1)} seeds)  mem {r['peak_mem_mb']:.0f} MB  gap {_gap(sc.get(c.id))}  "
                          f"{c.persona}: {one_line(c.hypothesis)}")
+    if gens:
+        best = min(gens[-1].archive, key=lambda r: r["val_bpb"])["candidate_id"]
+        chain = [c.id for c in lineage({c.id: c for c in cands}, best)]
+        warn = gap_trend(chain, sc, (floor or {}).get("val_std"))
+        if warn:
+            lines.append(f"warning: {warn}")
     events = store.events(5)
     if events:
         lines.append("latest events:")

@@ -103,3 +103,20 @@ def test_narrator_keeps_its_status_line_below_the_narrative():
     text = out.getvalue()
     assert "\x1b]0;" not in text and "g001c00 (tuner) from root: LR up\n" in text
     assert text.count("training 3 s of 30 s") == 2  # redrawn under the new line
+
+
+def test_a_growing_val_test_gap_is_flagged_in_status_and_report(reported, tmp_path):
+    import shutil
+
+    copy = tmp_path / "run"
+    shutil.copytree(reported, copy)
+    with Store.open(store_path(copy)) as store:
+        best = min(store.generations()[-1].archive, key=lambda r: r["val_bpb"])["candidate_id"]
+        # the best candidate does much worse on the sealed test split than on val: it fits val
+        store.db.execute("UPDATE evaluations SET test_bpb = val_bpb + 0.2 WHERE candidate_id = ?", [best])
+        store.db.conn.commit()
+    status = evolve("status", "--run-dir", str(copy))
+    assert status.returncode == 0 and "warning: the val-test gap grows along this lineage" in status.stdout
+    report = evolve("report", "--run-dir", str(copy))
+    assert report.returncode == 0 and "Warning: the val-test gap grows" in report.stdout
+    assert "**Warning:** the val-test gap grows" in (copy / "report" / "report.md").read_text()

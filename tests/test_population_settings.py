@@ -83,3 +83,27 @@ def test_an_impossible_simulation_setting_is_one_line(tmp_path):
     err = one_line_error(evolve("--simulate", "--sim-slots", "0", "--run-dir", str(tmp_path / "run")))
     assert "--sim-slots must be at least 1" in err
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.slow
+def test_a_run_from_before_settings_were_kept_resumes_with_its_first_sessions_settings(tmp_path):
+    run = tmp_path / "run"
+    first = evolve("--simulate", "--budget", "10", "--generations", "1", "--population", "2",
+                   "--sim-run-seconds", "0", "--run-dir", str(run), "-q")
+    assert first.returncode == 0, first.stderr
+    conn = sqlite3.connect(run / "evolve.db")  # as the store was before migration 0002_run_settings
+    with conn:
+        conn.execute("DROP TABLE run_settings")
+        conn.execute("DELETE FROM schema_migrations WHERE name = '0002_run_settings'")
+        conn.execute("INSERT INTO meta (key, value) VALUES ('mode', '\"simulate\"')")
+    conn.close()
+    again = evolve("--resume", "--run-dir", str(run), "--generations", "2", "-q")
+    assert again.returncode == 0, again.stderr
+    cfgs = sessions(run)
+    assert [(c["budget_s"], c["population"]) for c in cfgs] == [(10, 2), (10, 2)]
+    conn = sqlite3.connect(f"file:{run / 'evolve.db'}?mode=ro", uri=True)
+    try:
+        names = [n for (n,) in conn.execute("SELECT name FROM schema_migrations ORDER BY id")]
+    finally:
+        conn.close()
+    assert names[-1] == "0002_run_settings"  # upgraded in place

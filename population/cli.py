@@ -297,7 +297,8 @@ def _run(args: argparse.Namespace, run: OpenedRun, stack: contextlib.ExitStack, 
     else:
         personas = _real_personas(cfg)
         arena, slots = _real_arena(settings, repo, run.preflight, stack)
-        device = "GPU" if any(getattr(s, "device_type", "") == "cuda" for s in run.preflight.slots) else "CPU"
+        device = ("Ray cluster" if settings.ray not in (None, "local") else
+                  "GPU" if any(getattr(s, "device_type", "") == "cuda" for s in run.preflight.slots) else "CPU")
         out.say(f"{verb} run {repo.run_dir}")
         loop = GenerationLoop(store, repo, arena, None, cfg, sorted(personas), slots=slots,  # type: ignore[arg-type]
                               on_event=out.say, preferences={n: p.prefers for n, p in personas.items()},

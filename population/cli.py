@@ -218,7 +218,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         session = store.start_session(sys.argv, program_fields(run.config))
         outcome = "error"
         try:
-            outcome = _run(args, run, stack, out)
+            outcome = _run(run, stack, out)
         except KeyboardInterrupt:
             outcome = "interrupted"
             store.add_event("interrupted", "stopped by the user (Ctrl-C or SIGTERM); continue with --resume")
@@ -275,7 +275,7 @@ def _plan_text(cfg: ProgramConfig, slots: int, device: str) -> str:
             f"beats its parent. {slots} {device} slot(s).")
 
 
-def _run(args: argparse.Namespace, run: OpenedRun, stack: contextlib.ExitStack, out: Narrator) -> str:
+def _run(run: OpenedRun, stack: contextlib.ExitStack, out: Narrator) -> str:
     from population.loop import GenerationLoop
 
     cfg, store, repo, settings = run.config, run.store, run.repo, run.settings

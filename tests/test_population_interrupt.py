@@ -54,7 +54,8 @@ def proposing(run_dir: Path) -> bool:
         conn.close()
 
 
-def test_ctrl_c_while_a_simulated_proposal_is_in_flight_then_resume(tmp_path):
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_ctrl_c_while_a_simulated_proposal_is_in_flight_then_resume(tmp_path, sig):
     run = tmp_path / "run"
     cmd = [sys.executable, "-m", "population.cli", "--simulate", "--generations", "1", "--population", "1",
            "--sim-run-seconds", "0", "--sim-propose-seconds", "120", "--run-dir", str(run)]
@@ -66,7 +67,7 @@ def test_ctrl_c_while_a_simulated_proposal_is_in_flight_then_resume(tmp_path):
             time.sleep(0.1)
         time.sleep(0.5)
         t0 = time.monotonic()
-        p.send_signal(signal.SIGINT)
+        p.send_signal(sig)
         _, err = p.communicate(timeout=60)
         exit_s = time.monotonic() - t0
     finally:

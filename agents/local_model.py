@@ -9,10 +9,11 @@ This module:
 - assembles the parts into one cache file (`~/.cache/evolve/models/<name>.gguf`, or
   `$EVOLVE_CACHE/models/`), writing to a temporary name and renaming only once the
   size and sha256 match, so a half-written file never looks complete;
-- starts `xllamacpp.Server` in this process on 127.0.0.1 with a free port, waits
-  until `/health` answers, and yields the litellm model name (`openai/<alias>`) and
-  `api_base`;
-- stops the server when the `with` block ends, normally, on Ctrl-C or on error.
+- starts `xllamacpp.Server` in a child process on 127.0.0.1 with a free port, its
+  llama.cpp log in a file (the run's `logs/llm-server.log`), waits until `/health`
+  answers, and yields the litellm model name (`openai/<alias>`) and `api_base`;
+- stops the server when the `with` block ends, normally, on Ctrl-C or on error, within
+  seconds even while it generates a reply.
 
 It does not decide prompts or edit formats (small models get the knob format: see
 `agents.personas`), and it never downloads anything: missing parts are a one-line
@@ -21,18 +22,21 @@ error naming the pip command.
 
 from __future__ import annotations
 
-import gc
 import hashlib
 import importlib.metadata
+import importlib.util
 import logging
 import os
 import socket
+import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
+from typing import Self
 
 log = logging.getLogger(__name__)
 
@@ -194,11 +198,17 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(s.getsockname()[1])
 
 
-def wait_healthy(api_root: str, timeout_s: float) -> None:
-    """Poll `<api_root>/health` until it answers 200 or the time is up."""
+def wait_healthy(api_root: str, timeout_s: float, proc: subprocess.Popen | None = None,
+                 log_path: Path | None = None) -> None:
+    """Poll `<api_root>/health` until it answers 200 or the time is up (or `proc`, the
+    server's process, ended: the error then quotes the last line of its log)."""
     deadline = time.monotonic() + timeout_s
     last = "no answer"
     while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            tail = log_path.read_text(errors="replace").strip().splitlines()[-1:] if log_path else []
+            raise EmbeddedModelError(f"embedded llama.cpp server exited with code {proc.returncode} "
+                                     f"({tail[0] if tail else 'no output'}); see {log_path}")
         try:
             with urllib.request.urlopen(f"{api_root}/health", timeout=2) as r:
                 if r.status == 200:
@@ -215,12 +225,15 @@ def wait_healthy(api_root: str, timeout_s: float) -> None:
 class EmbeddedModel:
     """Context manager serving an embedded model on 127.0.0.1.
 
-    >>> with EmbeddedModel() as m:
+    >>> with EmbeddedModel(log_path=run_dir / "logs" / "llm-server.log") as m:
     ...     litellm.completion(model=m.model, api_base=m.api_base, api_key="local", ...)
 
     `model` is the litellm name (`openai/<alias>`), `api_base` ends in `/v1`. The server
-    lives in this process (xllamacpp); it stops when the block exits for any reason,
-    including KeyboardInterrupt."""
+    runs in a child process of its own session (xllamacpp inside it), whose output (the
+    llama.cpp log) goes to `log_path`, never to the user's terminal. It stops when the
+    block exits for any reason, including KeyboardInterrupt, within seconds even while
+    a reply is being generated (the process is ended, not asked to finish), and it ends
+    by itself when this process dies (its stdin pipe closes)."""
 
     def __init__(
         self,
@@ -230,6 +243,7 @@ class EmbeddedModel:
         n_gen_threads: int | None = None,
         cache_dir: Path | None = None,
         startup_timeout_s: float = 120.0,
+        log_path: Path | None = None,
     ) -> None:
         self.spec = get_spec(name)
         self.n_threads = n_threads or max(1, min(os.cpu_count() or 1, 8))
@@ -241,7 +255,8 @@ class EmbeddedModel:
         self.n_ctx = n_ctx or self.spec.context_window
         self.cache_dir = cache_dir
         self.startup_timeout_s = startup_timeout_s
-        self._server: object | None = None
+        self.log_path = Path(log_path) if log_path else (cache_dir or models_dir()) / f"{self.spec.name}.server.log"
+        self._proc: subprocess.Popen | None = None
         self.port: int | None = None
 
     @property
@@ -264,41 +279,41 @@ class EmbeddedModel:
 
     def start(self) -> EmbeddedModel:
         path = assemble(self.spec, self.cache_dir)
-        try:
-            import xllamacpp
-        except ImportError as e:
+        if importlib.util.find_spec("xllamacpp") is None:
             raise EmbeddedModelError(
                 "xllamacpp is not installed: run `pip install xllamacpp` (or `pip install -e .[local-llm]`)"
-            ) from e
-        params = xllamacpp.CommonParams()
-        params.model.path = str(path)
-        params.model_alias = {self.alias}
-        params.n_ctx = self.n_ctx
-        params.n_parallel = 1
-        params.cpuparams.n_threads = self.n_gen_threads
-        params.cpuparams_batch.n_threads = self.n_threads
-        params.hostnames = ["127.0.0.1"]
+            )
         self.port = free_port()
-        params.port = self.port
-        log.info("starting embedded %s on 127.0.0.1:%d (%d threads)", self.alias, self.port, self.n_threads)
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        argv = [sys.executable, "-c", _SERVE, str(Path(__file__).resolve().parent.parent), str(path), self.alias,
+                str(self.port), str(self.n_ctx), str(self.n_threads), str(self.n_gen_threads)]
+        log.info("starting embedded %s on 127.0.0.1:%d (%d threads); its log: %s",
+                 self.alias, self.port, self.n_threads, self.log_path)
         try:
-            self._server = xllamacpp.Server(params)
-            wait_healthy(f"http://127.0.0.1:{self.port}", self.startup_timeout_s)
+            with open(self.log_path, "ab") as out:
+                self._proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=out, stderr=subprocess.STDOUT,
+                                              start_new_session=True)
+            wait_healthy(f"http://127.0.0.1:{self.port}", self.startup_timeout_s, self._proc, self.log_path)
         except BaseException:
             self.stop()
             raise
         return self
 
     def stop(self) -> None:
-        """Release the server (xllamacpp shuts it down when the object is freed)."""
-        if self._server is not None:
+        """End the server process (closing its stdin ends it; SIGKILL if it lingers)."""
+        proc, self._proc = self._proc, None
+        if proc is not None:
             log.info("stopping embedded %s on port %s", self.alias, self.port)
-            server, self._server = self._server, None
-            del server
-            gc.collect()
+            if proc.stdin is not None:
+                proc.stdin.close()
+            try:
+                proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
         self.port = None
 
-    def __enter__(self) -> EmbeddedModel:
+    def __enter__(self) -> Self:
         return self.start()
 
     def __exit__(
@@ -308,3 +323,27 @@ class EmbeddedModel:
         tb: TracebackType | None,
     ) -> None:
         self.stop()
+
+
+# The server process: xllamacpp serves until its stdin reaches end of file (the parent
+# closed it, or died), then the process ends at once, without waiting for a reply being
+# generated (xllamacpp's own shutdown waits for it: minutes on a CPU).
+_SERVE = """
+import os, sys
+sys.path.insert(0, sys.argv[1])
+import xllamacpp
+path, alias, port, n_ctx, threads, gen_threads = sys.argv[2:8]
+params = xllamacpp.CommonParams()
+params.model.path = path
+params.model_alias = {alias}
+params.n_ctx = int(n_ctx)
+params.n_parallel = 1
+params.cpuparams.n_threads = int(gen_threads)
+params.cpuparams_batch.n_threads = int(threads)
+params.hostnames = ["127.0.0.1"]
+params.port = int(port)
+server = xllamacpp.Server(params)
+sys.stdin.buffer.read()
+sys.stdout.flush()
+os._exit(0)
+"""

@@ -102,7 +102,7 @@ def run_trial(run_dir: Path, args: list[str], rng: random.Random, duration: floa
     kills = lost = attempts = 0
     while True:
         before = read(run_dir)[0]
-        p = start(run_dir, args, resume=attempts > 0)
+        p = start(run_dir, args, resume=run_dir.exists())  # a start killed before its run appeared starts anew
         attempts += 1
         try:
             p.wait(timeout=rng.uniform(0.2, duration) if kills < max_kills else None)

@@ -131,4 +131,16 @@ MIGRATIONS: list[tuple[str, str]] = [
         ALTER TABLE evaluations ADD COLUMN cpu_seconds REAL;
         """,
     ),
+    (
+        # the settings a run was started with (budget, generations, population, model...),
+        # so that --resume goes on with them
+        "0004_run_settings",
+        """
+        CREATE TABLE run_settings (
+            name TEXT PRIMARY KEY,
+            value TEXT NOT NULL,
+            set_at REAL NOT NULL
+        );
+        """,
+    ),
 ]

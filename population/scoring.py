@@ -210,6 +210,18 @@ class Scorer:
 
     # -- a candidate's score ------------------------------------------------------------------------
 
+    def live_version(self) -> int:
+        """The newest generation any run belongs to: the cut for "everything measured so
+        far" (once a run has ended, its last archive version)."""
+        return max((e.generation for runs in self.evals.values() for e in runs.values()), default=0)
+
+    def gap(self, cid: str, v: int) -> float | None:
+        """Mean test_bpb - val_bpb over the runs that count for `cid` at version v (the
+        sealed split's view of overfitting); None without a run that has both."""
+        gaps = [float(e.test_bpb) - float(e.val_bpb) for e in self.runs(cid, v).values()  # type: ignore[arg-type]
+                if e.test_bpb is not None]
+        return statistics.fmean(gaps) if gaps else None
+
     def score(self, cid: str, v: int) -> Point | None:
         """The candidate's score at archive version v: runs made up to generation v, the
         noise model of version v-1 (fixed before generation v's results, so the score

@@ -271,6 +271,20 @@ class Store:
         rows = list(self.db.query("SELECT value FROM meta WHERE key = ?", [key]))
         return json.loads(rows[0]["value"]) if rows else default
 
+    def set_run_settings(self, settings: dict[str, Any]) -> None:
+        """Record the run's settings (JSON values by name), replacing those named."""
+        self._writable()
+        now = time.time()
+        with self.db.atomic():
+            for name, value in settings.items():
+                self.db["run_settings"].upsert(
+                    {"name": name, "value": json.dumps(value, sort_keys=True), "set_at": now}, pk="name"
+                )
+
+    def run_settings(self) -> dict[str, Any]:
+        """The run's settings as recorded when it started (empty for runs made before them)."""
+        return {r["name"]: json.loads(r["value"]) for r in self.db.query("SELECT * FROM run_settings")}
+
     # -- candidates -------------------------------------------------------------------
 
     def add_candidate(self, c: Candidate) -> None:

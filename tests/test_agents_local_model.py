@@ -108,6 +108,46 @@ def test_server_stops_on_ctrl_c():
 @needs_parts
 @pytest.mark.slow
 @pytest.mark.embedded_llm
+def test_server_stops_in_seconds_mid_reply_and_logs_to_its_file(tmp_path, capfd):
+    """Ctrl-C while the model writes a long reply: the server ends at once (xllamacpp's
+    own shutdown would wait for the reply), and its log is in the file, not on stderr."""
+    import json
+    import threading
+    import time
+
+    log_path = tmp_path / "logs" / "llm-server.log"
+    model = EmbeddedModel(n_threads=1, n_ctx=1024, log_path=log_path)
+    answered: list[str] = []
+    with model as m:
+        root = m.api_base.removesuffix("/v1")
+        body = json.dumps({"model": m.alias, "max_tokens": 800,
+                           "messages": [{"role": "user", "content": "Write a very long story about a fox."}]})
+
+        def ask() -> None:
+            req = urllib.request.Request(f"{m.api_base}/chat/completions", data=body.encode(),
+                                         headers={"Content-Type": "application/json"})
+            try:
+                with urllib.request.urlopen(req, timeout=600) as r:
+                    answered.append(r.read().decode())
+            except (urllib.error.URLError, OSError) as exc:
+                answered.append(f"cut off: {exc}")
+
+        t = threading.Thread(target=ask, daemon=True)
+        t.start()
+        time.sleep(3)  # the reply is being generated
+        t0 = time.monotonic()
+    stopped_in = time.monotonic() - t0
+    t.join(30)
+    assert stopped_in < 10, stopped_in
+    assert not _up(root) and answered and answered[0].startswith("cut off")
+    assert "llama" in log_path.read_text() or "srv" in log_path.read_text()
+    captured = capfd.readouterr()
+    assert "srv " not in captured.err and "load_model" not in captured.err
+
+
+@needs_parts
+@pytest.mark.slow
+@pytest.mark.embedded_llm
 @pytest.mark.timeout(1200)  # about a minute alone; CPU contention from parallel test runs stretches it
 def test_embedded_model_proposes_a_valid_knob_edit():
     from agents import build_proposer

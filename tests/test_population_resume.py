@@ -75,7 +75,7 @@ def _kill_and_resume(run_dir: Path, rng: random.Random, duration: float) -> int:
     kills, attempts = 0, 0
     while True:
         before, _, _ = read(run_dir)
-        p = start(run_dir, resume=attempts > 0)
+        p = start(run_dir, resume=run_dir.exists())  # a start killed before its run appeared starts anew
         attempts += 1
         try:  # a kill at a random moment of a run as long as the reference; the 6th start runs to the end
             p.wait(timeout=rng.uniform(0.2, duration) if kills < 5 else 120)

@@ -3,8 +3,10 @@
 Flow: the evolve process writes the run's store; this app opens it read-only every
 `interval` seconds in a thread worker (`tui.snapshot.read_snapshot`) and hands the
 snapshot to small widgets: the run header, the population table, the Pareto archive
-(table and scatter), the selected candidate's log tail and the events feed. Enter opens
-a candidate's details with its diff against its parent (from git).
+(table and scatter), the progress picture (best val_bpb over the runs), the selected
+candidate's log tail and the events feed. Enter opens a candidate's details: its
+lineage as a tree (ancestors, crossover parents, children) and its diff against its
+parent (from git), paged with space and b.
 
 Keys: q quit, r refresh now, enter details (escape closes them), s sort the population,
 tab between the population and the archive (the focused table picks the candidate whose
@@ -39,6 +41,7 @@ from tui.header import RunHeader
 from tui.log_tail import LogTail
 from tui.pareto_plot import ParetoPlot
 from tui.population_table import PopulationTable
+from tui.progress_plot import ProgressPlot
 from tui.snapshot import Snapshot, TUIError, candidate_log, open_store, read_snapshot
 
 log = logging.getLogger(__name__)
@@ -59,7 +62,7 @@ class EvolveApp(App[int]):
     #main { height: 1fr; }
     #left { width: 3fr; }
     #right { width: 2fr; }
-    PopulationTable, EventsFeed, ArchiveTable, ParetoPlot, LogTail {
+    PopulationTable, EventsFeed, ArchiveTable, ParetoPlot, ProgressPlot, LogTail {
         border: round $primary-darken-2;
     }
     PopulationTable:focus, ArchiveTable:focus { border: round $accent; }
@@ -97,6 +100,7 @@ class EvolveApp(App[int]):
             with Vertical(id="right"):
                 yield ArchiveTable(id="archive")
                 yield ParetoPlot(id="plot")
+                yield ProgressPlot(id="progress")
                 yield LogTail(id="log")
         yield Footer()
 
@@ -160,6 +164,7 @@ class EvolveApp(App[int]):
         table.show(snapshot.candidates)
         self.query_one(ArchiveTable).show(snapshot.archive, snapshot.status.archive_version)
         self.query_one(EventsFeed).show(snapshot.events)
+        self.query_one(ProgressPlot).show(snapshot)
         if self.selected is None or snapshot.candidate(self.selected) is None:
             self.selected = table.selected_id
         self._follow_selected()
@@ -205,7 +210,7 @@ class EvolveApp(App[int]):
         if row is None:
             self.notify(f"no candidate {cid} in the store", severity="warning")
             return
-        self.push_screen(CandidateDetails(self.run_dir, row, self.snapshot.evaluations.get(cid, ())))
+        self.push_screen(CandidateDetails(self.run_dir, row, self.snapshot.evaluations.get(cid, ()), self.snapshot))
 
 
 def run(run_dir: str | os.PathLike, interval: float = REFRESH_S) -> int:

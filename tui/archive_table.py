@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 
+from population.display import one_line
 from tui.row_table import RowTable
 from tui.snapshot import ArchiveRow
 
@@ -30,7 +31,7 @@ def _num(x: float | None, fmt: str) -> str:
 def archive_cells(row: ArchiveRow) -> tuple[str, ...]:
     return (row.candidate_id, f"{row.val_bpb:.4f} ± {row.val_bpb_std:.4f} ({row.n_seeds})",
             f"{row.peak_mem_mb:.0f}", _num(row.hv_contribution, ".4g"), _num(row.crowding, ".3g"),
-            row.persona, row.hypothesis.splitlines()[0][:60] if row.hypothesis else "")
+            row.persona, one_line(row.hypothesis)[:60])
 
 
 class ArchiveTable(RowTable):

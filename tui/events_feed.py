@@ -12,6 +12,7 @@ import time
 
 from textual.widgets import DataTable
 
+from population.display import one_line
 from tui.snapshot import EventRow
 
 
@@ -40,4 +41,4 @@ class EventsFeed(DataTable):
         for e in events:
             self.add_row(time.strftime("%H:%M:%S", time.localtime(e.created_at)),
                          "" if e.generation is None else str(e.generation), e.kind,
-                         e.message.splitlines()[0][:160] if e.message else "", key=str(e.id))
+                         one_line(e.message)[:160], key=str(e.id))

@@ -10,6 +10,7 @@ from __future__ import annotations
 from rich.text import Text
 from textual.widgets import Static
 
+from population.display import one_line
 from tui.snapshot import RunStatus, format_duration
 
 STATUS_STYLES = {
@@ -23,9 +24,12 @@ STATUS_STYLES = {
 def status_line(status: RunStatus) -> Text:
     text = Text()
     text.append(f"{status.run_dir}", style="bold")
-    text.append(f"  {status.session}", style="green" if status.live else "yellow")
+    text.append(f"  {one_line(status.session)[:120]}", style="green" if status.live else "yellow")
     of = f" of {status.generations_planned}" if status.generations_planned else ""
-    if status.in_progress is not None:
+    if status.in_progress is not None and not status.live:
+        # nobody is running it: say where it stopped, not "in progress"
+        text.append(f"  generation {status.in_progress}{of} unfinished", style="yellow")
+    elif status.in_progress is not None:
         text.append(f"  generation {status.in_progress}{of} in progress")
         if status.generation > status.in_progress:
             text.append(f" (proposing ahead for {status.generation})")

@@ -14,6 +14,8 @@ from pathlib import Path
 
 from textual.widgets import Log
 
+from population.display import clean
+
 log = logging.getLogger(__name__)
 
 FIRST_READ = 64 * 1024  # on switching files, show at most the last 64 KiB
@@ -74,4 +76,4 @@ class LogTail(Log):
         lines = text.split("\n")
         self._partial = lines.pop()
         if lines:  # a progress bar rewrites its line with \r: keep what it ended as
-            self.write_lines(ln.rstrip("\r").rsplit("\r", 1)[-1] for ln in lines)
+            self.write_lines(clean(ln.rstrip("\r").rsplit("\r", 1)[-1]) for ln in lines)

@@ -14,6 +14,7 @@ from typing import ClassVar
 from rich.text import Text
 from textual.binding import Binding, BindingType
 
+from population.display import one_line
 from tui.header import STATUS_STYLES
 from tui.row_table import RowTable
 from tui.snapshot import CandidateRow
@@ -48,7 +49,7 @@ def row_cells(row: CandidateRow) -> tuple:
         status += " s" + ",".join(str(s) for s in row.running_seeds)
     mem = "-" if row.summary is None else f"{row.summary.mem_mean:.0f}"
     return (row.id, str(row.generation), row.persona, Text(status, style=STATUS_STYLES.get(row.status, "")),
-            score_cell(row), mem, row.hypothesis.splitlines()[0][:80] if row.hypothesis else "")
+            score_cell(row), mem, one_line(row.hypothesis)[:80])
 
 
 class PopulationTable(RowTable):

@@ -49,6 +49,7 @@ class SeedSummary:
     val_mean: float  # the val_bpb estimate (population.scoring.Scorer.score)
     val_bpb_std: float | None  # spread of its own runs; None with a single seed
     mem_mean: float
+    gap: float | None = None  # val-test gap (population.scoring.Scorer.gap)
 
 
 @dataclass(frozen=True)
@@ -159,11 +160,12 @@ def summarize(scorer: Scorer, cid: str) -> SeedSummary | None:
     version, so the rows agree with the archive's)."""
     if cid not in scorer.cands:
         return None
-    live = max((e.generation for runs in scorer.evals.values() for e in runs.values()), default=0)
+    live = scorer.live_version()
     p = scorer.score(cid, live)
     if p is None:
         return None
-    return SeedSummary(p.n_seeds, p.val_bpb, p.val_bpb_std if p.n_seeds > 1 else None, p.peak_mem_mb)
+    return SeedSummary(p.n_seeds, p.val_bpb, p.val_bpb_std if p.n_seeds > 1 else None, p.peak_mem_mb,
+                       scorer.gap(cid, live))
 
 
 def _read(store: Store, run_dir: Path, events_limit: int) -> Snapshot:

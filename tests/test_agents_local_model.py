@@ -97,11 +97,10 @@ def test_assembled_file_is_verified_and_a_corrupt_cache_is_rebuilt(tmp_path):
 def test_server_stops_on_ctrl_c():
     model = EmbeddedModel(n_threads=1, n_ctx=512)
     root = None
-    with pytest.raises(KeyboardInterrupt):
-        with model as m:
-            root = m.api_base.removesuffix("/v1")
-            assert _up(root) and m.model == "openai/qwen2.5-coder-0.5b"
-            raise KeyboardInterrupt
+    with pytest.raises(KeyboardInterrupt), model as m:
+        root = m.api_base.removesuffix("/v1")
+        assert _up(root) and m.model == "openai/qwen2.5-coder-0.5b"
+        raise KeyboardInterrupt
     assert root is not None and not _up(root) and model.port is None
 
 

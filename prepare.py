@@ -177,7 +177,7 @@ def _read_manifest(data_dir: Path) -> dict:
     try:
         manifest = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as exc:
-        raise HarnessError(f"corrupt data cache at {data_dir} ({exc}); run `python prepare.py --force`")
+        raise HarnessError(f"corrupt data cache at {data_dir} ({exc}); run `python prepare.py --force`") from None
     if not manifest.get("complete"):
         raise HarnessError(f"data cache at {data_dir} is incomplete; run `python prepare.py --force`")
     if manifest.get("format") != CACHE_FORMAT:
@@ -274,14 +274,14 @@ def _text_documents(path: Path) -> list[str]:
         except UnicodeDecodeError as exc:
             raise HarnessError(
                 f"{file} is not UTF-8 (byte {exc.start}); convert it, e.g. iconv -f latin1 -t utf-8"
-            )
+            ) from None
         if file.suffix == ".jsonl":
             for n, line in enumerate(text.splitlines(), 1):
                 if line.strip():
                     try:
                         docs.append(json.loads(line)["text"])
                     except (json.JSONDecodeError, KeyError, TypeError):
-                        raise HarnessError(f"{file}:{n} is not a JSON object with a \"text\" field")
+                        raise HarnessError(f"{file}:{n} is not a JSON object with a \"text\" field") from None
         else:
             docs.append(text)
     docs = [d for d in docs if d.strip()]
@@ -336,12 +336,12 @@ def download(url: str, dest: Path, retries: int = 5, chunk: int = 1 << 20) -> Pa
                         f.write(block)
                         bar.update(len(block))
                 if total and part.stat().st_size < total:
-                    raise IOError(f"connection closed at {part.stat().st_size} of {total} bytes")
+                    raise OSError(f"connection closed at {part.stat().st_size} of {total} bytes")
                 break
-        except (requests.RequestException, IOError) as exc:
+        except (OSError, requests.RequestException) as exc:
             if attempt == retries - 1:
                 raise HarnessError(f"download of {url} failed after {retries} tries ({exc}); "
-                                   "run the same command again to resume")
+                                   "run the same command again to resume") from None
             time.sleep(min(2**attempt * 0.5, 10))
     part.rename(dest)
     return dest
@@ -360,7 +360,7 @@ def _climbmix_documents(raw: Path, base_url: str, shards: int) -> list[str]:
     try:
         import pyarrow.parquet as pq
     except ImportError:
-        raise HarnessError("climbmix needs pyarrow: pip install pyarrow")
+        raise HarnessError("climbmix needs pyarrow: pip install pyarrow") from None
     docs: list[str] = []
     for index in [*range(shards), CLIMBMIX_VAL_SHARD]:
         name = f"shard_{index:05d}.parquet"
@@ -410,8 +410,9 @@ class Tokenizer:
         return out
 
     @staticmethod
-    def train_bpe(documents: list[str], vocab_size: int) -> "Tokenizer":
-        from tokenizers import Tokenizer as HFTokenizer, decoders, models, pre_tokenizers, trainers
+    def train_bpe(documents: list[str], vocab_size: int) -> Tokenizer:
+        from tokenizers import Tokenizer as HFTokenizer
+        from tokenizers import decoders, models, pre_tokenizers, trainers
 
         if not 257 <= vocab_size <= 65535:
             raise HarnessError(f"--vocab {vocab_size}: choose between 257 and 65535")

@@ -14,10 +14,11 @@ training only under `if __name__ == "__main__":`, and model(idx) returning logit
 import math
 import time
 
-import prepare  # before torch: it sets OpenMP's thread settings that the CPU budget relies on
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+import prepare  # before torch: it sets OpenMP's thread settings that the CPU budget relies on
 
 # ---------------------------------------------------------------------------
 # Hyperparameters (edit these). Values with `if ON_GPU else` are sized per device.

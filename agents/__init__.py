@@ -13,7 +13,7 @@ The package never commits to git, runs candidates or scores them.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 from agents.llm import LLMCallRecord, LLMClient
 from agents.personas import PersonaConfigError, load_personas, with_model
@@ -49,8 +49,8 @@ def build_proposer(
     if embedded is not None:
         personas = with_model(
             personas,
-            model=getattr(embedded, "model"),
-            api_base=getattr(embedded, "api_base"),
+            model=embedded.model,
+            api_base=embedded.api_base,
             context_window=getattr(embedded, "context_window", None),
         )
     client = LLMClient(on_llm_call=on_llm_call, cost_ceiling_usd=cost_ceiling_usd, spent_usd=spent_usd, max_retries=max_retries)

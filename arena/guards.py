@@ -105,7 +105,7 @@ def _check(
             "the root commit is not a candidate; commit a change to train.py on top of it", digest
         )
 
-    for parent, changed in repo.changed_files(commit).items():
+    for changed in repo.changed_files(commit).values():
         others = sorted(set(changed) - {EDITABLE})
         if others:
             return refuse(

@@ -22,9 +22,9 @@ import shutil
 import tempfile
 import threading
 import uuid
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, Iterator
 
 import git
 
@@ -70,7 +70,7 @@ class ExperimentRepo:
     @classmethod
     def create(
         cls, run_dir: str | Path, train_py: str, prepare_py: str, program_md: str
-    ) -> "ExperimentRepo":
+    ) -> ExperimentRepo:
         """Initialise `run_dir` as a git repository whose root commit holds the three
         files. Refuses a directory that already holds a repository."""
         run_dir = Path(run_dir).resolve()
@@ -94,7 +94,7 @@ class ExperimentRepo:
         return self
 
     @classmethod
-    def open(cls, run_dir: str | Path) -> "ExperimentRepo":
+    def open(cls, run_dir: str | Path) -> ExperimentRepo:
         run_dir = Path(run_dir).resolve()
         try:
             repo = git.Repo(run_dir)

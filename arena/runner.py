@@ -195,7 +195,7 @@ def supervised(
         except subprocess.TimeoutExpired:
             proc.kill()
             _, err = proc.communicate()
-            raise RuntimeError(f"supervisor for {argv[-1]} did not finish; killed it")
+            raise RuntimeError(f"supervisor for {argv[-1]} did not finish; killed it") from None
         finally:
             if handle is not None:
                 handle.attach(None)

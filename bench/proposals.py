@@ -22,7 +22,6 @@ It measures; it decides nothing and writes nothing outside --out.
 from __future__ import annotations
 
 import argparse
-import difflib
 import json
 import logging
 import os

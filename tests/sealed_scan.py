@@ -89,7 +89,7 @@ def _compressed(patterns, roots):
     """(hits, files looked at, compressed files opened) for compressed files."""
     hits, files, opened = [], 0, 0
     for root in roots:
-        for folder, dirs, names in os.walk(root):
+        for folder, _dirs, names in os.walk(root):
             for name in names:
                 path = os.path.join(folder, name)
                 try:

@@ -1,11 +1,11 @@
 """The arena on a CUDA slot (skipped without a GPU): pinned device, NVML peak memory."""
 
 import pytest
+from arena_helpers import TINY_TRAIN, build_cache, make_repo, survivors
 
 from arena.devices import cuda_devices, detect_slots
 from arena.local import LocalArena
 from arena.records import RunRequest, Status
-from arena_helpers import TINY_TRAIN, build_cache, make_repo, survivors
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not cuda_devices(), reason="needs a CUDA device")]
 

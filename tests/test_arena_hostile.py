@@ -11,19 +11,19 @@ import textwrap
 import uuid
 
 import pytest
-
-from arena.devices import detect_slots
-from arena.local import LocalArena
-from arena.records import RunRequest, Status
 from arena_helpers import (
     HAS_BWRAP,
-    USE_BWRAP,
     TINY_TRAIN,
+    USE_BWRAP,
     build_cache,
     make_repo,
     survivors,
     tree_digest,
 )
+
+from arena.devices import detect_slots
+from arena.local import LocalArena
+from arena.records import RunRequest, Status
 
 pytestmark = pytest.mark.slow
 needs_bwrap = pytest.mark.skipif(not HAS_BWRAP, reason="bubblewrap (bwrap) is not installed")

@@ -7,11 +7,11 @@ import sys
 import time
 
 import pytest
+from arena_helpers import ROOT, TINY_TRAIN, build_cache, make_repo, survivors
 
 from arena.devices import Slot, cpu_name, detect_slots
 from arena.local import LocalArena
 from arena.records import RunRequest, Status
-from arena_helpers import ROOT, TINY_TRAIN, build_cache, make_repo, survivors
 
 
 @pytest.fixture(scope="module")

@@ -3,9 +3,9 @@
 import subprocess
 
 import pytest
+from arena_helpers import PREPARE, PROGRAM, TINY_TRAIN, make_repo
 
 from arena.repo import ExperimentRepo, RepoError
-from arena_helpers import PREPARE, PROGRAM, TINY_TRAIN, make_repo
 
 
 def test_root_commit_holds_the_three_files(tmp_path):

@@ -154,15 +154,25 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--population", type=int, default=6)
     ap.add_argument("--sigma", type=float, default=0.02, help="val_bpb noise std (single run, stationary part)")
     ap.add_argument("--landscape", choices=["stationary", "load", "both"], default="both")
+    ap.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                    help="override a ProgramConfig field of ours, e.g. --set max_seeds=3 (default: program.md's)")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
-    cfg = ProgramConfig(generations=args.generations, population=args.population)
+    overrides = {}
+    for item in args.set:
+        name, _, value = item.partition("=")
+        if name not in {f.name for f in dataclasses.fields(ProgramConfig)}:
+            ap.error(f"--set {item}: no ProgramConfig field {name!r}")
+        overrides[name] = float(value) if "." in value else int(value)
+    cfg = ProgramConfig(generations=args.generations, population=args.population).with_overrides(**overrides)
     root_true = Landscape().true(read_knobs(SIM_TRAIN_PY))[0]
     kinds = ["stationary", "load"] if args.landscape == "both" else [args.landscape]
     print(f"simulated landscape: root true val_bpb {root_true:.4f}; {args.trials} trials; sigma {args.sigma}; "
           f"ours: {args.generations} generations x {args.population} children, {SLOTS} slots, seeds root "
           f"{cfg.root_seeds} / initial {cfg.initial_seeds} / max {cfg.max_seeds}, accept_p {cfg.accept_p}, "
-          f"futility_p {cfg.futility_p}; greedy rows get exactly as many runs as ours, trial by trial")
+          f"futility_p {cfg.futility_p}, rescore every {cfg.rescore_every}, lookahead {cfg.lookahead}"
+          f"{' (overrides: ' + ', '.join(args.set) + ')' if args.set else ''}; "
+          "greedy rows get exactly as many runs as ours, trial by trial")
     t0 = time.time()
     with tempfile.TemporaryDirectory(prefix="search-noise-") as tmp:
         for kind in kinds:

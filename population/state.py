@@ -117,7 +117,7 @@ class RunState:
 
     def record_proposal(self, cid: str, commit: str | None, model: str, hypothesis: str,
                         edit_format: str) -> Candidate:
-        self.store.record_proposal(cid, commit, model, hypothesis, edit_format)  # type: ignore[arg-type]
+        self.store.record_proposal(cid, commit, model, hypothesis, edit_format)
         return self._refresh(cid)
 
     def record_diff_hash(self, cid: str, digest: str) -> Candidate:

@@ -304,7 +304,7 @@ class Store:
             )
 
     def record_proposal(
-        self, cid: str, commit: str, model: str, hypothesis: str, edit_format: str,
+        self, cid: str, commit: str | None, model: str, hypothesis: str, edit_format: str,
         second_parent_id: str | None = None,
     ) -> None:
         self._writable()

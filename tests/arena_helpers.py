@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import hashlib
 import os
-import shutil
 from pathlib import Path
 
 import psutil
 
 import prepare
 from arena.repo import ExperimentRepo
+from arena.sandbox import bwrap_path
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY_TRAIN = (Path(__file__).resolve().parent / "arena_tiny_train.py").read_text()
@@ -24,7 +24,7 @@ PROGRAM = "# program\nMinimise val_bpb.\n"
 SAMPLE = "In the beginning was the word, and the word was with the harness.\n"
 
 # EVOLVE_TEST_NO_BWRAP=1 runs the arena's tests as on a machine without bubblewrap.
-HAS_BWRAP = shutil.which("bwrap") is not None and not os.environ.get("EVOLVE_TEST_NO_BWRAP")
+HAS_BWRAP = bwrap_path() is not None and not os.environ.get("EVOLVE_TEST_NO_BWRAP")
 USE_BWRAP = None if HAS_BWRAP else False
 
 

@@ -6,7 +6,6 @@ scripted OpenAI-compatible server on 127.0.0.1 that answers with a knob edit."""
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -15,6 +14,7 @@ import pytest
 
 import prepare
 from agents.scripted_server import ScriptedLLMServer
+from arena.sandbox import bwrap_path
 from population.store import Store, store_path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -60,7 +60,7 @@ def test_evolve_runs_a_real_generation_end_to_end(tmp_path, executor):
         proc = subprocess.run(
             [sys.executable, "-m", "population.cli", "--program", str(program),
              "--run-dir", str(tmp_path / "run"), "--devices", "cpu", *executor,
-             *([] if shutil.which("bwrap") else ["--unconfined"])],  # CI without bubblewrap consents
+             *([] if bwrap_path() else ["--unconfined"])],  # CI without bubblewrap consents
             cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,
         )
         assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]

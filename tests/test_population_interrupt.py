@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import sqlite3
 import subprocess
@@ -27,6 +26,7 @@ from series_helpers import check_series_applies
 
 import prepare
 from agents.scripted_server import ScriptedLLMServer
+from arena.sandbox import bwrap_path
 from population.store import Store, store_path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -127,7 +127,7 @@ def interrupted_run(tmp_path_factory) -> dict:
         env = dict(os.environ, EVOLVE_DATA=str(data), OPENAI_API_KEY="not-needed-locally", TMPDIR=str(tmp))
         cmd = [sys.executable, "-m", "population.cli", "--program", str(program), "--run-dir", str(run),
                "--devices", "cpu", "--budget", "1", "--population", "1", "--generations", "1",
-               *([] if shutil.which("bwrap") else ["--unconfined"])]  # CI without bubblewrap consents
+               *([] if bwrap_path() else ["--unconfined"])]  # CI without bubblewrap consents
         p = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         try:
             while not slow.asked.wait(1.0):  # the root trains on 2 seeds first

@@ -10,7 +10,10 @@ stores both, so a bad reply is never lost.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    from agents.novelty import NoveltyIndex, Refusal
 
 
 @dataclass(frozen=True)
@@ -65,6 +68,12 @@ class ProposalContext:
     # for crossover: a second archive member sharing an ancestor with the parent
     second_parent_commit: str | None = None
     second_parent_train_py: str | None = None
+    # what the whole run learned (population.memory.digest) and how the parent trained
+    # (population.telemetry.render); plain text, trimmed with the rest of the prompt
+    memory: str = ""
+    telemetry: str = ""
+    # programs already measured, refused or queued: a repeat is refused before the arena
+    novelty: NoveltyIndex | None = None
 
 
 @dataclass(frozen=True)
@@ -74,8 +83,11 @@ class Proposal:
     model: str
     hypothesis: str
     train_py: str  # the whole new file
-    edit_format: str  # "search_replace", "whole_file", "knobs", "merge", "scripted"
+    edit_format: str  # "search_replace", "whole_file", "knobs", "moves", "random", "merge", "scripted"
     second_parent_commit: str | None = None  # set for a crossover (merge commit)
+    # proposals refused before the arena on the way to this one (novelty, preflight...):
+    # the loop records each as an event, device time saved
+    refusals: tuple[Refusal, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -86,6 +98,7 @@ class InvalidEdit:
     reason: str
     raw_reply: str = ""
     hypothesis: str = ""
+    refusals: tuple[Refusal, ...] = ()  # as in Proposal; the last one is why, when refused
 
 
 class Proposer(Protocol):

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import ast
 import builtins
+import functools
 import hashlib
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -56,6 +57,11 @@ class Refusal:
     kind: str
     reason: str  # one line, shown to the model and stored
     duplicate_of: str | None = None
+
+    @property
+    def is_repeat(self) -> bool:
+        """Refused by the novelty gate (a repeat), not by another check."""
+        return self.kind in ("same_knobs", "same_code")
 
 
 @dataclass(frozen=True)
@@ -204,6 +210,7 @@ def _digest(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:32]
 
 
+@functools.lru_cache(maxsize=4096)
 def signature(source: str) -> Signature:
     """The program's signature. Raises EditError when it does not parse."""
     knobs = find_knobs(source)

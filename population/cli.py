@@ -76,6 +76,9 @@ def _add_run_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--resume", action="store_true", help="continue the run in --run-dir from its store")
     p.add_argument("--devices", help='device slots: GPU indices "0,1", "cpu" or "cpu:N"')
     p.add_argument("--model", help="litellm model for every persona (default: program.md, else the embedded model)")
+    p.add_argument("--local-model", choices=("small", "large"),
+                   help="embedded model when no --model is set: small (0.5B, extra local-llm) or "
+                        "large (1.5B, extra local-llm-large); default program.md's local_model, else small")
     p.add_argument("--ray", nargs="?", const="local", metavar="ADDRESS",
                    help='run candidates as Ray tasks: on a cluster started here ("local", the default) '
                         "or on the cluster at ADDRESS")
@@ -95,7 +98,8 @@ def _config(args: argparse.Namespace, program_text: str, source: str) -> Program
     cfg = parse_program(program_text, source)
     devices = tuple(args.devices.split(",")) if args.devices else None
     return cfg.with_overrides(generations=args.generations, budget_s=args.budget, population=args.population,
-                              model=args.model, seed=args.seed, devices=devices)
+                              model=args.model, seed=args.seed, devices=devices,
+                              local_model=getattr(args, "local_model", None))
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -200,8 +204,12 @@ def _run(args: argparse.Namespace, cfg: ProgramConfig, store: Store, repo: Any, 
         stack.callback(arena.close)
         loop = GenerationLoop(store, repo, arena, None, cfg, sorted(personas), slots=slots,  # type: ignore[arg-type]
                               on_event=say, preferences={n: p.prefers for n, p in personas.items()},
-                              crossover_personas={n for n, p in personas.items() if p.crossover})
-        loop.proposer = _real_proposer(cfg, loop, store, stack, say)
+                              crossover_personas={n for n, p in personas.items() if p.crossover},
+                              weights={n: p.weight for n, p in personas.items()})
+        from arena.preflight import Preflight
+
+        preflight = Preflight(repo.read_file(repo.root_commit, "prepare.py"), arena.data_dir)
+        loop.proposer = _real_proposer(cfg, loop, store, stack, say, checks=[preflight])
     say(f"run {repo.run_dir}: {mode}, {cfg.generations} generations of {cfg.population}, "
         f"budget {cfg.budget_s:g} s per run")
     outcome = loop.run()
@@ -267,18 +275,19 @@ def _real_personas(cfg: ProgramConfig) -> dict[str, Any]:
     return load_personas(cfg.personas_config())
 
 
-def _real_proposer(cfg: ProgramConfig, loop: Any, store: Store, stack: contextlib.ExitStack, say: Any) -> Any:
+def _real_proposer(cfg: ProgramConfig, loop: Any, store: Store, stack: contextlib.ExitStack, say: Any,
+                   checks: list[Any] | None = None) -> Any:
     import agents
 
     pcfg = cfg.personas_config()
     embedded = None
     if agents.needs_embedded_model(pcfg):
-        from agents.local_model import EmbeddedModel
+        from agents.local_model import LOCAL_MODEL_CHOICES, EmbeddedModel
 
-        say("starting the embedded local model (no --model given)")
-        embedded = stack.enter_context(EmbeddedModel())
+        say(f"starting the embedded local model ({cfg.local_model}; no --model given)")
+        embedded = stack.enter_context(EmbeddedModel(LOCAL_MODEL_CHOICES[cfg.local_model]))
     return agents.build_proposer(pcfg, loop.on_llm_call, cfg.max_cost_usd, embedded=embedded,
-                                 spent_usd=store.total_cost())
+                                 spent_usd=store.total_cost(), checks=checks or [])
 
 
 # -- the read-only commands ---------------------------------------------------------------------

@@ -41,6 +41,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from agents.novelty import NoveltyIndex
 from agents.proposal import (
     ArchiveRow,
     Failure,
@@ -50,7 +51,7 @@ from agents.proposal import (
     Proposer,
 )
 from arena.records import FAILURES, RunRequest, RunResult, Status
-from population import noise
+from population import memory, noise, telemetry
 from population.archive import Constraints, ParetoArchive, Point
 from population.bandit import PersonaStats, choose_persona
 from population.program import ProgramConfig
@@ -113,6 +114,7 @@ class GenerationLoop:
                  config: ProgramConfig, personas: list[str], slots: int,
                  preferences: dict[str, str] | None = None,
                  crossover_personas: set[str] | None = None,
+                 weights: dict[str, float] | None = None,
                  guard: Callable[[Repo, str, set[str]], tuple[bool, str, str]] = _default_guard,
                  on_event: Callable[[str], None] | None = None,
                  clock: Callable[[], float] = time.time):
@@ -123,6 +125,7 @@ class GenerationLoop:
         self.personas = sorted(personas)
         self.preferences = preferences or {}
         self.crossover_personas = crossover_personas or set()
+        self.weights = weights or {}
         self.guard = guard
         self.on_event = on_event or (lambda msg: None)
         self.clock = clock
@@ -385,7 +388,7 @@ class GenerationLoop:
                 continue
             v = self._sees(g, idx)
             persona = choose_persona(self._persona_stats(v), random.Random(f"{self.cfg.seed}:persona:{g}:{idx}"),
-                                     self.cfg.bandit_floor)
+                                     self.cfg.bandit_floor, weights=self.weights)
             members = [Point(r["candidate_id"], r["val_bpb"], r["peak_mem_mb"], r.get("val_std", 0.0),
                              r.get("n_seeds", 1)) for r in self._generation(v).archive]
             ref = tuple(self._get_meta("reference"))
@@ -500,6 +503,7 @@ class GenerationLoop:
             repair_of = Failure(f.id, f.persona, f.hypothesis, rec.statuses.get(f.id, f.status.value), f.message[-2000:])
             repair_py = self._train_py(f.commit or "")
         second = self._cands[c.second_parent_id] if c.second_parent_id else None
+        parent_runs = telemetry.candidate_telemetry(self.store, parent.id, self.cfg.budget_s)
         return ProposalContext(
             persona=c.persona, program=self.cfg.prose, parent_id=parent.id,
             parent_commit=parent.commit or "", parent_train_py=self._train_py(parent.commit or ""),
@@ -507,6 +511,10 @@ class GenerationLoop:
             noise_floor=floor.get("val_std"), repair_of=repair_of, repair_train_py=repair_py,
             second_parent_commit=second.commit if second else None,
             second_parent_train_py=self._train_py(second.commit or "") if second else None,
+            memory=memory.digest(self.store, self._train_py, parent.id, as_of=v),
+            telemetry=telemetry.render(parent_runs) if parent_runs else "",
+            novelty=NoveltyIndex.build((o.id, self._train_py(o.commit), o.status.value)
+                                       for o in self._cands.values() if o.commit),
         )
 
     def _archive_rows(self, v: int) -> list[ArchiveRow]:
@@ -557,6 +565,11 @@ class GenerationLoop:
             answer = fut.result()  # a proposer's configuration error stops the run here
             self._drain_llm_calls()
             c = self._cands[cid]
+            for refusal in getattr(answer, "refusals", ()):  # device time saved before the arena
+                self._event("novelty_refused" if refusal.is_repeat else "preflight_refused",
+                            f"{cid} ({c.persona}): {refusal.reason}", c.generation, cid, check=refusal.kind,
+                            duplicate_of=refusal.duplicate_of, saved_runs=self.cfg.initial_seeds,
+                            saved_budget_s=self.cfg.initial_seeds * self.cfg.budget_s)
             merge_commit = None
             if hasattr(answer, "merge_commit") and hasattr(answer, "outcome"):  # agents.crossover result
                 answer, merge_commit = answer.outcome, answer.merge_commit

@@ -24,6 +24,7 @@ only held to the relations it still has. It never imports or runs train.py.
 from __future__ import annotations
 
 import ast
+import functools
 import math
 import operator
 from typing import Any
@@ -77,14 +78,27 @@ def _eval(node: ast.AST, env: dict[str, Any]) -> Any:
     raise _Unknown(type(node).__name__)
 
 
-def values(source: str, on_gpu: bool = False) -> dict[str, Any]:
-    """The constants' values on one device kind (those that evaluate). Raises EditError
-    when the file does not parse."""
+@functools.lru_cache(maxsize=256)
+def _knob_sources(source: str) -> tuple[tuple[str, str], ...]:
+    return tuple((name, k.source) for name, k in find_knobs(source).items())
+
+
+@functools.lru_cache(maxsize=4096)
+def _expr(text: str) -> ast.Expression:
+    return ast.parse(text.strip(), mode="eval")
+
+
+def values(source: str, on_gpu: bool = False, overrides: dict[str, str] | None = None) -> dict[str, Any]:
+    """The constants' values on one device kind (those that evaluate). `overrides` maps
+    a constant to a new value expression, as if the file said so (the menu checks a
+    move this way without rewriting the file). Raises EditError when the file does not
+    parse."""
     env: dict[str, Any] = {"ON_GPU": on_gpu}
     out: dict[str, Any] = {}
-    for name, knob in find_knobs(source).items():
+    for name, text in _knob_sources(source):
+        text = (overrides or {}).get(name, text)
         try:
-            v = _eval(ast.parse(knob.source.strip(), mode="eval"), env)
+            v = _eval(_expr(text), env)
         except (_Unknown, SyntaxError, ArithmeticError, TypeError, ValueError, RecursionError):
             continue
         if isinstance(v, float) and not math.isfinite(v):
@@ -137,10 +151,10 @@ def violations_of(vals: dict[str, Any], where: str = "") -> list[str]:
     return out
 
 
-def violations(source: str) -> list[str]:
+def violations(source: str, overrides: dict[str, str] | None = None) -> list[str]:
     """Broken relations on CPU and on CUDA (each message once)."""
     try:
-        cpu, gpu = values(source, False), values(source, True)
+        cpu, gpu = values(source, False, overrides), values(source, True, overrides)
     except EditError:
         return []
     out = violations_of(cpu, "on CPU")

@@ -23,6 +23,7 @@ with capable models (agents.edits).
 from __future__ import annotations
 
 import ast
+import functools
 import json
 import random
 from dataclasses import dataclass
@@ -226,15 +227,32 @@ def menu(source: str) -> list[Move]:
     """Every move of the closed part of the menu that applies to `source` and keeps the
     constraints (scale, optimizer, depth, activation); `set` moves are open-valued and
     listed by `schema` instead."""
+    return list(_menu(source))
+
+
+@functools.lru_cache(maxsize=64)
+def _menu(source: str) -> tuple[Move, ...]:
     knobs = find_knobs(source)
     out: list[Move] = []
+    now = (constants.values(source, False), constants.values(source, True))
 
     def ok(m: Move) -> bool:
+        """The move applies, changes a value and keeps the constraints (checked on the
+        constants' values, without rewriting the file)."""
         try:
-            apply(source, m)
+            if m.op == "scale":
+                new = {m.name: scaled_source(knobs[m.name], float(m.factor or 0))}
+            elif m.op == "depth":
+                new = {"DEPTH": scaled_by_delta(knobs["DEPTH"], m.delta or 0)}
+            elif m.op == "optimizer":
+                new = {"OPTIMIZER": repr(m.value)}
+            else:
+                apply(source, m)
+                return True
         except EditError:
             return False
-        return True
+        after = (constants.values(source, False, new), constants.values(source, True, new))
+        return after != now and not constants.violations(source, new)
 
     for k in knobs.values():
         if k.kind in ("int", "float", "expr") and _scalable(k) and k.name not in ("DEPTH",):
@@ -247,7 +265,7 @@ def menu(source: str) -> list[Move]:
     act = find_activation(source)
     if act is not None:
         out += [m for a in ACTIVATIONS if a != act.name and ok(m := Move("activation", value=a))]
-    return out
+    return tuple(out)
 
 
 _SET_TYPES = {"int": {"type": "integer"}, "float": {"type": "number"}, "bool": {"type": "boolean"},

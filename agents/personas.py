@@ -10,8 +10,9 @@ Built-in personas: ``architect`` (model structure), ``optimizer-tuner`` (optimiz
 schedules, batch size, learning rates), ``bug-hunter`` (repairs crashed candidates from
 their traceback; audits the best one for bugs such as a causality leak or a bad
 initialisation), and ``random`` (off by default; no LLM: a random move of the typed
-menu, agents.moves, the baseline every LLM persona should beat; turn it on with
-``[personas.random] enabled = true``; any persona with ``model = "random"`` works so).
+menu, agents.moves, the baseline every LLM persona should beat; turn it on beside the
+others with ``[personas.random] enabled = true``; a top-level ``model = "random"`` (or
+``--model random``) makes every persona propose random moves, a whole run without an LLM).
 
 Users add or change personas in program.md's TOML front matter; the population parses
 the TOML and hands the resulting dict to `load_personas`::

@@ -147,7 +147,8 @@ class LLMProposer:
         """The random-mutation baseline: a random move of the menu, no LLM; a move the
         gates refuse is replaced by another draw (at most `RANDOM_DRAWS`)."""
         base = self._base_text(ctx)
-        rng = random.Random(f"{ctx.parent_commit}:{persona.name}:{len(ctx.tried)}:{ctx.repair_of}")
+        known = len(ctx.novelty) if ctx.novelty is not None else 0
+        rng = random.Random(f"{ctx.parent_commit}:{persona.name}:{len(ctx.tried)}:{known}:{ctx.repair_of}")
         refusals: list[Refusal] = []
         reason = "no move of the menu applies"
         for _ in range(RANDOM_DRAWS):

@@ -15,8 +15,9 @@ from __future__ import annotations
 
 import logging
 import random
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable, Protocol
+from typing import Protocol
 
 from agents.edits import EditError, validate_train_py
 from agents.proposal import ArchiveRow, InvalidEdit, Proposal

@@ -19,10 +19,11 @@ from __future__ import annotations
 import json
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
-from typing import Callable, Union
+from typing import Union
 
 
 @dataclass(frozen=True)
@@ -32,7 +33,7 @@ class ScriptedError:
     retry_after: float | None = None
 
 
-ScriptEntry = Union[str, ScriptedError, Callable[[dict], Union[str, ScriptedError]]]
+ScriptEntry = Union[str, ScriptedError, Callable[[dict], str | ScriptedError]]
 
 
 class ScriptedLLMServer:

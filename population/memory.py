@@ -25,6 +25,7 @@ import math
 import statistics
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 from agents import rubric
 from agents.edits import EditError
@@ -225,3 +226,12 @@ def digest(store: Store, read_train_py: Callable[[str], str] | None = None, pare
 def _novelty_saved(store: Store) -> int:
     rows = list(store.db.query("SELECT COUNT(*) AS n FROM events WHERE kind = 'novelty_refused'"))
     return int(rows[0]["n"]) if rows else 0
+
+
+def for_run(run_dir: str | Path, store: Store) -> str:
+    """The digest of a whole run directory (for `evolve report`): reads each candidate's
+    train.py from the run's git repository."""
+    from arena.repo import ExperimentRepo
+
+    repo = ExperimentRepo.open(Path(run_dir))
+    return digest(store, lambda commit: repo.read_file(commit, "train.py"))

@@ -37,6 +37,7 @@ import argparse
 import json
 import logging
 import os
+import re
 import statistics
 import sys
 import time
@@ -56,6 +57,17 @@ def changed_constants(parent: str, child: str) -> list[str]:
 
     a, b = find_knobs(parent), find_knobs(child)
     return [f"{n}: {a[n].source} -> {b[n].source}" for n in a if n in b and a[n].source != b[n].source]
+
+
+_MOVE_PREFIX = re.compile(
+    r"^(scale \S+ by \S+ \(.*?\)|set \S+ .*? -> \S+|swap the optimizer: OPTIMIZER \S+ -> \S+|"
+    r"(add|remove) a block: DEPTH .*? -> \d+|change the MLP activation \S+ -> \S+)(: |$)")
+
+
+def model_words(hypothesis: str) -> str:
+    """The model's own words of a move hypothesis (without the move's generated description)."""
+    m = _MOVE_PREFIX.match(hypothesis)
+    return hypothesis[m.end():] if m else hypothesis
 
 
 def run_proposals(args: argparse.Namespace) -> int:
@@ -102,6 +114,7 @@ def run_proposals(args: argparse.Namespace) -> int:
             calls = records[n_rec:]
             valid = not isinstance(out, InvalidEdit)
             verdict = rubric.judge(template, out.train_py, out.hypothesis) if valid else None
+            own = rubric.judge(template, out.train_py, model_words(out.hypothesis)) if valid else None
             row = {
                 "i": i,
                 "persona": persona,
@@ -117,6 +130,8 @@ def run_proposals(args: argparse.Namespace) -> int:
                 "other_refusals": sum(not r.is_repeat for r in out.refusals),
                 "hypothesis_matches": bool(verdict and verdict.matches),
                 "rubric_problems": list(verdict.problems) if verdict else [],
+                # the same rubric on the model's own words only (moves: without the generated prefix)
+                "own_words_match": bool(own and own.matches),
             }
             if valid:
                 tried.append(out.hypothesis)
@@ -156,6 +171,7 @@ def run_proposals(args: argparse.Namespace) -> int:
         "duplicate_share": round(repeats / produced, 3) if produced else 0.0,
         "hypothesis_matches": sum(r["hypothesis_matches"] for r in rows),
         "hypothesis_match_share": round(sum(r["hypothesis_matches"] for r in rows) / n_valid, 3) if n_valid else 0.0,
+        "own_words_match_share": round(sum(r["own_words_match"] for r in rows) / n_valid, 3) if n_valid else 0.0,
         "latency_mean_s": round(statistics.mean(lat), 2),
         "latency_median_s": round(statistics.median(lat), 2),
         "latency_max_s": round(max(lat), 2),

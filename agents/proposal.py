@@ -1,10 +1,12 @@
 """Records that pass between the population loop and the proposers.
 
 The loop builds a `ProposalContext` (what a persona may see: program.md's prose, the
-parent's code and lineage, the archive, recent failures) and asks a `Proposer` for a
-child. The answer is either a `Proposal` (a validated new train.py with its hypothesis)
+parent's code and lineage, the archive, recent failures, the run's research memory,
+the parent's training telemetry, and the programs already tried for the novelty gate)
+and asks a `Proposer` for a child. The answer is either a `Proposal` (a validated new train.py with its hypothesis)
 or an `InvalidEdit` (why the model's reply could not be turned into one); the loop
-stores both, so a bad reply is never lost.
+stores both, so a bad reply is never lost. Either carries the `refusals` met on the
+way (a repeat, a failed one-step preflight), which the loop counts as device time saved.
 """
 
 from __future__ import annotations

@@ -118,3 +118,41 @@ def test_memory_and_telemetry_reach_the_prompt_and_memory_is_trimmed_from_the_en
     tight = build_prompt(ctx, persona, "moves", context_window=2600, max_tokens=256)
     user = tight.messages[1]["content"]
     assert "IDEA_0 up" in user and "IDEA_199" not in user and any("memory lines" in d for d in tight.dropped)
+
+
+class GatedKnobProposer:
+    """The simulated knob proposer behind the real novelty gate: it records the context
+    it got, and refuses its own repeats the way agents.proposer does."""
+
+    def __init__(self) -> None:
+        from population.simulated import KnobProposer
+
+        self.inner = KnobProposer()
+        self.contexts: list[ProposalContext] = []
+
+    def propose(self, ctx: ProposalContext):
+        from dataclasses import replace
+
+        from agents.novelty import check
+
+        self.contexts.append(ctx)
+        out = self.inner.propose(ctx)
+        refusal = check(ctx.parent_train_py, ctx.novelty)  # the parent itself: always a repeat
+        return replace(out, refusals=(refusal,)) if refusal is not None and hasattr(out, "train_py") else out
+
+
+def test_the_loop_gives_memory_and_novelty_to_the_proposer_and_counts_refusals(tmp_path):
+    proposer = GatedKnobProposer()
+    cfg = ProgramConfig(generations=2, population=2, seed=5, lookahead=0)
+    loop, store, repo, arena = simulated_loop(tmp_path / "run", cfg, proposer=proposer)
+    try:
+        loop.run()
+        events = [e for e in store.events(500) if e["kind"] == "novelty_refused"]
+        later = [c for c in proposer.contexts if c.memory]
+    finally:
+        arena.close()
+        store.close()
+    assert all(c.novelty is not None and len(c.novelty) >= 1 for c in proposer.contexts)
+    assert later and later[-1].memory.startswith("2 children so far")  # generation 2 sees generation 1
+    assert len(events) == len(proposer.contexts) == 4
+    assert '"saved_runs": 1' in events[0]["payload"] and "repeats root" in events[0]["message"]

@@ -144,7 +144,7 @@ class GatedKnobProposer:
 def test_the_loop_gives_memory_and_novelty_to_the_proposer_and_counts_refusals(tmp_path):
     proposer = GatedKnobProposer()
     cfg = ProgramConfig(generations=2, population=2, seed=5, lookahead=0)
-    loop, store, repo, arena = simulated_loop(tmp_path / "run", cfg, proposer=proposer)
+    loop, store, _, arena = simulated_loop(tmp_path / "run", cfg, proposer=proposer)
     try:
         loop.run()
         events = [e for e in store.events(500) if e["kind"] == "novelty_refused"]

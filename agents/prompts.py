@@ -46,7 +46,7 @@ FORMAT_INSTRUCTIONS = {
     "search_replace": """\
 Answer in this format and nothing else:
 
-HYPOTHESIS: <one sentence: what you change and why it should lower val_bpb>
+HYPOTHESIS: <one sentence: what you change (name the constants or functions) and why it should lower val_bpb>
 
 train.py
 <<<<<<< SEARCH
@@ -60,14 +60,14 @@ enough lines to make it unique. Edit only train.py.""",
     "whole_file": """\
 Answer in this format and nothing else:
 
-HYPOTHESIS: <one sentence: what you change and why it should lower val_bpb>
+HYPOTHESIS: <one sentence: what you change (name the constants or functions) and why it should lower val_bpb>
 
 ```python
 <the complete new train.py>
 ```""",
     "knobs": """\
 Answer with one JSON object and nothing else:
-{"hypothesis": "<one sentence: what you change and why it should lower val_bpb>",
+{"hypothesis": "<one sentence: which constants you change, which way, and why it should lower val_bpb>",
  "changes": [{"name": "<CONSTANT_NAME>", "value": <new value>}]}
 Change 1 to 3 of the constants in the table, by name (usually one). A value replaces the whole
 expression after the equals sign. Numbers stay numbers; strings stay strings.

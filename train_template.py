@@ -241,6 +241,7 @@ def main():
 
     t_start = time.time()
     loss = torch.tensor(float("nan"))
+    next_report = 0.0  # print a progress line every 5% of the budget
     while not clock.done:
         x, y = next(loader)
         with autocast:
@@ -256,9 +257,13 @@ def main():
             opt.step()
         model.zero_grad(set_to_none=True)
         clock.tick()
-        if clock.steps % 100 == 0:
-            print(f"step {clock.steps} loss {loss.item():.4f} "
-                  f"progress {clock.progress():.0%}", flush=True)
+        if clock.progress() >= next_report:
+            next_report = clock.progress() + 0.05
+            counted_tokens = max(clock.steps - prepare.WARMUP_STEPS, 0) * BATCH_SIZE * SEQ_LEN
+            tok_per_sec = counted_tokens / max(clock.elapsed(), 1e-9)
+            remaining = rt.budget_s * (1 - clock.progress())
+            print(f"step {clock.steps} ({100 * clock.progress():.1f}%) | loss: {loss.item():.4f} | "
+                  f"tok/sec: {tok_per_sec:.0f} | remaining: {remaining:.0f}s", flush=True)
         if not math.isfinite(loss.item()):
             print("loss is not finite; stopping", flush=True)
             break

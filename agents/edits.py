@@ -55,7 +55,7 @@ class EditError(ValueError):
 # ---------------------------------------------------------------------------
 # Hypothesis line
 
-_HYP_RE = re.compile(r"^\s*(?:\*\*)?hypothesis(?:\*\*)?\s*:\s*(?:\*\*)?\s*(.+)$", re.I | re.M)
+_HYP_RE = re.compile(r"^\s*(?:\*\*)?hypothesis(?:\*\*)?\s*:\s*(?:\*\*)?\s*(.+)$", re.IGNORECASE | re.MULTILINE)
 
 
 def extract_hypothesis(reply: str) -> str:
@@ -202,7 +202,7 @@ def apply_search_replace(source: str, blocks: list[SearchReplaceBlock]) -> str:
 # ---------------------------------------------------------------------------
 # Whole file
 
-_CODE_BLOCK = re.compile(r"```[ \t]*(?:python|py)?[ \t]*\n(.*?)\n[ \t]*```", re.S)
+_CODE_BLOCK = re.compile(r"```[ \t]*(?:python|py)?[ \t]*\n(.*?)\n[ \t]*```", re.DOTALL)
 
 
 def parse_whole_file(reply: str) -> str:
@@ -344,7 +344,7 @@ def knob_schema(knobs: dict[str, Knob], max_changes: int = MAX_KNOB_CHANGES) -> 
 
 def _strip_json_fence(reply: str) -> str:
     s = reply.strip()
-    m = re.search(r"```(?:json)?\s*\n(.*?)\n\s*```", s, re.S)
+    m = re.search(r"```(?:json)?\s*\n(.*?)\n\s*```", s, re.DOTALL)
     if m:
         return m.group(1)
     if not s.startswith("{") and "{" in s and s.rstrip().endswith("}"):

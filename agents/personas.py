@@ -9,7 +9,10 @@ select parents, build prompts or call models.
 Built-in personas: ``architect`` (model structure), ``optimizer-tuner`` (optimizer,
 schedules, batch size, learning rates), ``bug-hunter`` (repairs crashed candidates from
 their traceback; audits the best one for bugs such as a causality leak or a bad
-initialisation).
+initialisation), and ``random`` (off by default; no LLM: a random move of the typed
+menu, agents.moves, the baseline every LLM persona should beat; turn it on beside the
+others with ``[personas.random] enabled = true``; a top-level ``model = "random"`` (or
+``--model random``) makes every persona propose random moves, a whole run without an LLM).
 
 Users add or change personas in program.md's TOML front matter; the population parses
 the TOML and hands the resulting dict to `load_personas`::
@@ -38,11 +41,13 @@ for a new one):
 - ``prefers`` (str): parent preference, one of ``best`` (lowest val_bpb), ``frontier``
   (any Pareto member, spread over the front), ``failed`` (a recently crashed or refused
   candidate to repair, else the best to audit).
-- ``edit_format`` (str): ``search_replace``, ``whole_file`` or ``knobs``; a persona on
-  the embedded model always uses ``knobs``.
+- ``edit_format`` (str): ``search_replace``, ``whole_file``, ``knobs`` (set constants
+  by name) or ``moves`` (one move of the typed menu of agents.moves); a persona on the
+  embedded model uses ``moves`` unless it sets ``knobs``.
 - ``temperature`` (float), ``max_tokens`` (int: reply budget), ``context_window`` (int:
   prompt + reply tokens; default from litellm's model info, else 8192),
-  ``timeout_s`` (float), ``weight`` (float: how often the loop picks it),
+  ``timeout_s`` (float), ``weight`` (float: how often the loop picks it, relative to
+  the others: the bandit's draws and its uniform exploration are both weighted by it),
   ``enabled`` (bool), ``crossover`` (bool: may merge two archive members).
 
 An unknown key or a bad value raises `PersonaConfigError` with one line naming it.
@@ -55,7 +60,8 @@ from dataclasses import dataclass, fields, replace
 
 log = logging.getLogger(__name__)
 
-EDIT_FORMATS = ("search_replace", "whole_file", "knobs")
+EDIT_FORMATS = ("search_replace", "whole_file", "knobs", "moves")
+RANDOM_MODEL = "random"  # a persona with this model proposes random moves, no LLM
 PARENT_PREFERENCES = ("best", "frontier", "failed")
 
 
@@ -133,7 +139,18 @@ BUG_HUNTER = Persona(
     temperature=0.3,
 )
 
-DEFAULT_PERSONAS: dict[str, Persona] = {p.name: p for p in (ARCHITECT, OPTIMIZER_TUNER, BUG_HUNTER)}
+RANDOM = Persona(
+    name="random",
+    brief="No LLM: a uniformly random move of the typed menu (the baseline).",
+    touches="the constants, the depth, the optimizer and the MLP activation (agents.moves)",
+    prefers="best",
+    edit_format="moves",
+    model=RANDOM_MODEL,
+    temperature=0.0,
+    enabled=False,
+)
+
+DEFAULT_PERSONAS: dict[str, Persona] = {p.name: p for p in (ARCHITECT, OPTIMIZER_TUNER, BUG_HUNTER, RANDOM)}
 
 _FIELD_TYPES: dict[str, tuple[type, ...]] = {
     "brief": (str,),
@@ -225,7 +242,8 @@ def load_personas(config: dict | None = None) -> dict[str, Persona]:
 
 def with_model(personas: dict[str, Persona], model: str, api_base: str | None, context_window: int | None) -> dict[str, Persona]:
     """Fill in `model` for personas that have none (the embedded model): they switch to
-    the knob format, the only one a 0.5B model handles reliably."""
+    the move menu (agents.moves), unless they chose the knob format: free-form edits are
+    beyond a 0.5B-1.5B model."""
     out = {}
     for n, p in personas.items():
         if p.model is None:
@@ -233,7 +251,7 @@ def with_model(personas: dict[str, Persona], model: str, api_base: str | None, c
                 p,
                 model=model,
                 api_base=api_base,
-                edit_format="knobs",
+                edit_format="knobs" if p.edit_format == "knobs" else "moves",
                 context_window=p.context_window or context_window,
                 max_tokens=min(p.max_tokens, 256),
                 timeout_s=max(p.timeout_s, 600.0),  # CPU inference on a shared machine is slow

@@ -9,7 +9,10 @@ a character-based token estimate: ideas tried, archive rows, failures and lineag
 steps go first (least useful first), then program prose; the code goes last. With
 the knob format the prompt lists the constants (name, value, comment) instead of the
 whole file: a small model can only change constants, and on CPU every prompt token
-costs time.
+costs time; with the move format it lists the typed menu (agents.moves) instead.
+The research memory (what the whole run tried and measured, population.memory) and
+the parent's training telemetry (population.telemetry) go into every prompt; memory
+lines are dropped from the end (least relevant last) when the window is tight.
 
 It does not call models, parse replies or decide which persona runs.
 """
@@ -19,6 +22,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from agents import moves
 from agents.edits import EditError, Knob, find_knobs
 from agents.personas import Persona
 from agents.proposal import ArchiveRow, Failure, LineageStep, ProposalContext
@@ -42,7 +46,7 @@ FORMAT_INSTRUCTIONS = {
     "search_replace": """\
 Answer in this format and nothing else:
 
-HYPOTHESIS: <one sentence: what you change and why it should lower val_bpb>
+HYPOTHESIS: <one sentence: what you change (name the constants or functions) and why it should lower val_bpb>
 
 train.py
 <<<<<<< SEARCH
@@ -56,17 +60,23 @@ enough lines to make it unique. Edit only train.py.""",
     "whole_file": """\
 Answer in this format and nothing else:
 
-HYPOTHESIS: <one sentence: what you change and why it should lower val_bpb>
+HYPOTHESIS: <one sentence: what you change (name the constants or functions) and why it should lower val_bpb>
 
 ```python
 <the complete new train.py>
 ```""",
     "knobs": """\
 Answer with one JSON object and nothing else:
-{"hypothesis": "<one sentence: what you change and why it should lower val_bpb>",
+{"hypothesis": "<one sentence: which constants you change, which way, and why it should lower val_bpb>",
  "changes": [{"name": "<CONSTANT_NAME>", "value": <new value>}]}
 Change 1 to 3 of the constants in the table, by name (usually one). A value replaces the whole
-expression after the equals sign. Numbers stay numbers; strings stay strings.""",
+expression after the equals sign. Numbers stay numbers; strings stay strings.
+The hypothesis names every constant you change and says which way it moves.""",
+    "moves": """\
+Answer with one JSON object and nothing else:
+{"move": <exactly one move from the menu>,
+ "reason": "<one sentence: why this move should lower val_bpb; name the constant you change>"}
+Pick a move that the research memory does not show as already tried and worse.""",
 }
 
 RULES = """\
@@ -171,19 +181,22 @@ def build_prompt(
         f"You improve a small GPT training script, train.py, to reach a lower validation "
         f"bits-per-byte (val_bpb) within a fixed training-time budget, in the role given "
         f"at the end of the user message.\n\n"
-        f"{KNOB_RULES if fmt == 'knobs' else RULES}\n\n{FORMAT_INSTRUCTIONS[fmt]}"
+        f"{KNOB_RULES if fmt in ('knobs', 'moves') else RULES}\n\n{FORMAT_INSTRUCTIONS[fmt]}"
     )
 
     lineage = list(enumerate(ctx.lineage))
     archive = sorted(ctx.archive, key=lambda r: r.val_bpb)
     failures = list(ctx.failures)
     tried = list(ctx.tried)
+    memory = [ln for ln in ctx.memory.strip().splitlines() if ln.strip()]
+    telemetry = ctx.telemetry.strip()
     program = ctx.program.strip()
     code_src = ctx.repair_train_py if (ctx.repair_of and ctx.repair_train_py) else ctx.parent_train_py
     try:
         knobs = find_knobs(code_src) if fmt == "knobs" else {}
+        menu = moves.render_menu(code_src) if fmt == "moves" else ""
     except EditError:
-        knobs = {}
+        knobs, menu = {}, ""
     code_truncated = False
     dropped: dict[str, int] = {}
 
@@ -195,6 +208,8 @@ def build_prompt(
             parts.append(f"## Research program (program.md)\n{program}")
         if fmt == "knobs":
             parts.append(f"## Constants of train.py you may change\n{_render_knobs(knobs)}")
+        elif fmt == "moves":
+            parts.append(f"## Moves you may choose (the menu)\n{menu}")
         else:
             code = code_src
             title = "## The current train.py" if not ctx.repair_of else "## The broken train.py (to repair)"
@@ -205,6 +220,11 @@ def build_prompt(
             parts.append(f"## Lineage of the parent (root first)\n{_render_lineage(lineage, ctx.noise_floor)}")
         elif ctx.noise_floor is not None:
             parts.append(f"## Noise floor\nval_bpb varies by about {ctx.noise_floor:.4f} (std) across seeds.")
+        if telemetry:
+            parts.append(f"## How the parent trained\n{telemetry}")
+        if memory:
+            parts.append("## Research memory (what this run tried, measured against each parent)\n"
+                         + "\n".join(memory))
         if archive:
             parts.append(f"## Archive (the current Pareto front, best first)\n{_render_archive(archive)}")
         if failures:
@@ -232,6 +252,9 @@ def build_prompt(
         if tried:
             tried.pop()  # the loop lists them most recent first: drop from the end
             dropped["ideas tried"] = dropped.get("ideas tried", 0) + 1
+        elif len(memory) > 4:
+            memory.pop()  # ranked most relevant first
+            dropped["memory lines"] = dropped.get("memory lines", 0) + 1
         elif len(archive) > 3:
             archive.pop()  # worst row
             dropped["archive rows"] = dropped.get("archive rows", 0) + 1
@@ -241,8 +264,8 @@ def build_prompt(
         elif len(lineage) > 1:
             lineage.pop(0)  # oldest step
             dropped["lineage steps"] = dropped.get("lineage steps", 0) + 1
-        elif archive or failures or lineage:
-            archive, failures, lineage = [], [], []
+        elif archive or failures or lineage or memory or telemetry:
+            archive, failures, lineage, memory, telemetry = [], [], [], [], ""
             dropped["remaining history"] = 1
         elif len(program) > 400:
             program = program[: len(program) // 2].rstrip() + " ..."
@@ -258,17 +281,19 @@ def build_prompt(
     return Prompt(messages, total(user), tuple(f"{k}: {v}" for k, v in dropped.items()))
 
 
-def repair_messages(prompt: Prompt, reply: str, error: str) -> list[dict[str, str]]:
-    """The follow-up turn after SEARCH/REPLACE blocks that did not apply."""
+def repair_messages(prompt: Prompt, reply: str, feedback: str, edit_format: str = "search_replace") -> list[dict[str, str]]:
+    """The follow-up turn after a reply that could not be used: `feedback` says why (an
+    edit that did not apply, or a refusal before the arena: a repeat, a failed one-step
+    run), and the model answers again in the same format."""
+    if edit_format in ("knobs", "moves"):
+        how = "Answer again with one JSON object in the same format, with a change that avoids this problem."
+    elif feedback.startswith("Your edit could not be applied"):
+        how = ("Each SEARCH part must be copied exactly from the current train.py shown above. "
+               "Send the HYPOTHESIS line and all your blocks again, corrected, in the same format.")
+    else:
+        how = "Send a corrected proposal (the HYPOTHESIS line and your blocks) in the same format."
     return [
         *prompt.messages,
         {"role": "assistant", "content": reply},
-        {
-            "role": "user",
-            "content": (
-                f"Your edit could not be applied: {error}\n"
-                "Each SEARCH part must be copied exactly from the current train.py shown above. "
-                "Send the HYPOTHESIS line and all your blocks again, corrected, in the same format."
-            ),
-        },
+        {"role": "user", "content": f"{feedback}\n{how}"},
     ]

@@ -1,16 +1,21 @@
 """Records that pass between the population loop and the proposers.
 
 The loop builds a `ProposalContext` (what a persona may see: program.md's prose, the
-parent's code and lineage, the archive, recent failures) and asks a `Proposer` for a
-child. The answer is either a `Proposal` (a validated new train.py with its hypothesis)
+parent's code and lineage, the archive, recent failures, the run's research memory,
+the parent's training telemetry, and the programs already tried for the novelty gate)
+and asks a `Proposer` for a child. The answer is either a `Proposal` (a validated new train.py with its hypothesis)
 or an `InvalidEdit` (why the model's reply could not be turned into one); the loop
-stores both, so a bad reply is never lost.
+stores both, so a bad reply is never lost. Either carries the `refusals` met on the
+way (a repeat, a failed one-step preflight), which the loop counts as device time saved.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    from agents.novelty import NoveltyIndex, Refusal
 
 
 @dataclass(frozen=True)
@@ -65,6 +70,12 @@ class ProposalContext:
     # for crossover: a second archive member sharing an ancestor with the parent
     second_parent_commit: str | None = None
     second_parent_train_py: str | None = None
+    # what the whole run learned (population.memory.digest) and how the parent trained
+    # (population.telemetry.render); plain text, trimmed with the rest of the prompt
+    memory: str = ""
+    telemetry: str = ""
+    # programs already measured, refused or queued: a repeat is refused before the arena
+    novelty: NoveltyIndex | None = None
 
 
 @dataclass(frozen=True)
@@ -74,8 +85,11 @@ class Proposal:
     model: str
     hypothesis: str
     train_py: str  # the whole new file
-    edit_format: str  # "search_replace", "whole_file", "knobs", "merge", "scripted"
+    edit_format: str  # "search_replace", "whole_file", "knobs", "moves", "random", "merge", "scripted"
     second_parent_commit: str | None = None  # set for a crossover (merge commit)
+    # proposals refused before the arena on the way to this one (novelty, preflight...):
+    # the loop records each as an event, device time saved
+    refusals: tuple[Refusal, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -86,6 +100,7 @@ class InvalidEdit:
     reason: str
     raw_reply: str = ""
     hypothesis: str = ""
+    refusals: tuple[Refusal, ...] = ()  # as in Proposal; the last one is why, when refused
 
 
 class Proposer(Protocol):

@@ -17,7 +17,11 @@ from __future__ import annotations
 
 import difflib
 import logging
+import random
+from collections.abc import Callable, Sequence
+from dataclasses import replace
 
+from agents import constants, moves, novelty
 from agents.edits import (
     EditError,
     apply_knobs,
@@ -31,7 +35,8 @@ from agents.edits import (
     validate_train_py,
 )
 from agents.llm import LLMCallFailed, LLMClient, is_local_base, supports_json_mode
-from agents.personas import Persona, PersonaConfigError
+from agents.novelty import Refusal
+from agents.personas import RANDOM_MODEL, Persona, PersonaConfigError
 from agents.prompts import Prompt, build_prompt, repair_messages
 from agents.proposal import InvalidEdit, Proposal, ProposalContext
 
@@ -48,11 +53,19 @@ def _fallback_hypothesis(parent: str, child: str) -> str:
     return f"(no hypothesis stated) {len(changed)} line(s) changed, first: {first}"
 
 
+Check = Callable[[ProposalContext, Proposal], "Refusal | None"]
+RANDOM_DRAWS = 20
+
+
 class LLMProposer:
     """Proposes children with LLM personas. `personas` maps names to configured
-    personas (each with a model); `client` does the calls and the accounting."""
+    personas (each with a model); `client` does the calls and the accounting.
+    `checks` run on every valid child after the novelty gate (e.g. arena.preflight's
+    one-step run); a refusal goes back to the model as a repair request, at most
+    `max_gate_repairs` times, and travels with the answer in `refusals`."""
 
-    def __init__(self, personas: dict[str, Persona], client: LLMClient, max_repairs: int = 1) -> None:
+    def __init__(self, personas: dict[str, Persona], client: LLMClient, max_repairs: int = 1,
+                 checks: Sequence[Check] = (), max_gate_repairs: int = 2) -> None:
         missing = [n for n, p in personas.items() if not p.model]
         if missing:
             raise PersonaConfigError(
@@ -62,6 +75,8 @@ class LLMProposer:
         self.personas = personas
         self.client = client
         self.max_repairs = max_repairs
+        self.checks = tuple(checks)
+        self.max_gate_repairs = max_gate_repairs
 
     # -- the protocol ---------------------------------------------------------------
 
@@ -71,6 +86,8 @@ class LLMProposer:
             raise PersonaConfigError(
                 f"unknown persona {ctx.persona!r}; configured: {', '.join(sorted(self.personas))}"
             )
+        if persona.model == RANDOM_MODEL:
+            return self._random(ctx, persona)
         model = persona.model or ""
         fmt = persona.edit_format
         base = self._base_text(ctx)
@@ -82,32 +99,75 @@ class LLMProposer:
             reply = self._call(persona, prompt.messages, fmt, base)
         except LLMCallFailed as e:
             return InvalidEdit(ctx.parent_commit, persona.name, model, f"llm call failed: {e}")
-        result = self.edit_from_reply(ctx, persona, fmt, reply)
-        repairs = 0
-        while (
-            isinstance(result, InvalidEdit)
-            and fmt == "search_replace"
-            and repairs < self.max_repairs
-            and self._repairable(result)
-        ):
-            repairs += 1
-            log.info("%s: repair round trip %d: %s", persona.name, repairs, result.reason)
+        refusals: list[Refusal] = []
+        repairs = gate_repairs = 0
+        first_error = ""
+        while True:
+            result = self.edit_from_reply(ctx, persona, fmt, reply)
+            if isinstance(result, Proposal):
+                refusal = self._gate(ctx, result)
+                if refusal is None:
+                    return replace(result, refusals=tuple(refusals))
+                refusals.append(refusal)
+                result = InvalidEdit(
+                    ctx.parent_commit, persona.name, model, f"refused before the arena ({refusal.kind}): "
+                    f"{refusal.reason}", reply[:20000], result.hypothesis, tuple(refusals),
+                )  # fmt: skip
+                if gate_repairs >= self.max_gate_repairs:
+                    return result
+                gate_repairs += 1
+                feedback = f"Your proposal was refused before any training: {refusal.reason}"
+            else:
+                result = replace(result, refusals=tuple(refusals))
+                if not self._repairable(result, fmt) or repairs >= self.max_repairs:
+                    if repairs and first_error:
+                        result = replace(result, reason=f"{result.reason} (after one repair; first error: "
+                                                        f"{first_error})")
+                    return result
+                repairs += 1
+                first_error = first_error or result.reason
+                feedback = f"Your edit could not be applied: {result.reason}"
+            log.info("%s: repair round trip: %s", persona.name, result.reason)
             try:
-                reply2 = self._call(persona, repair_messages(prompt, reply, result.reason), fmt, base)
+                reply = self._call(persona, repair_messages(prompt, reply, feedback, fmt), fmt, base)
             except LLMCallFailed as e:
-                return InvalidEdit(
-                    ctx.parent_commit, persona.name, model,
-                    f"{result.reason}; repair call failed: {e}", reply, result.hypothesis,
-                )  # fmt: skip
-            second = self.edit_from_reply(ctx, persona, fmt, reply2)
-            if isinstance(second, InvalidEdit):
-                second = InvalidEdit(
-                    ctx.parent_commit, persona.name, model,
-                    f"{second.reason} (after one repair; first error: {result.reason})",
-                    reply2, second.hypothesis or result.hypothesis,
-                )  # fmt: skip
-            result, reply = second, reply2
-        return result
+                return replace(result, reason=f"{result.reason}; repair call failed: {e}")
+
+    def _gate(self, ctx: ProposalContext, proposal: Proposal) -> Refusal | None:
+        """The checks a valid child passes before it may reach the arena: novelty against
+        the run's programs, then the caller's checks (e.g. arena.preflight)."""
+        refusal = novelty.check(proposal.train_py, ctx.novelty)
+        for check in self.checks:
+            if refusal is not None:
+                break
+            refusal = check(ctx, proposal)
+        return refusal
+
+    def _random(self, ctx: ProposalContext, persona: Persona) -> Proposal | InvalidEdit:
+        """The random-mutation baseline: a random move of the menu, no LLM; a move the
+        gates refuse is replaced by another draw (at most `RANDOM_DRAWS`)."""
+        base = self._base_text(ctx)
+        known = len(ctx.novelty) if ctx.novelty is not None else 0
+        rng = random.Random(f"{ctx.parent_commit}:{persona.name}:{len(ctx.tried)}:{known}:{ctx.repair_of}")
+        refusals: list[Refusal] = []
+        reason = "no move of the menu applies"
+        for _ in range(RANDOM_DRAWS):
+            try:
+                move = moves.random_move(base, rng)
+                child = moves.apply(base, move)
+                validate_train_py(base, child)
+            except EditError as e:
+                reason = str(e)
+                continue
+            proposal = Proposal(ctx.parent_commit, persona.name, RANDOM_MODEL,
+                                f"{moves.describe(base, move)} (random move)", child, "moves")
+            refusal = self._gate(ctx, proposal)
+            if refusal is None:
+                return replace(proposal, refusals=tuple(refusals))
+            refusals.append(refusal)
+            reason = f"refused before the arena ({refusal.kind}): {refusal.reason}"
+        return InvalidEdit(ctx.parent_commit, persona.name, RANDOM_MODEL, f"no new random move: {reason}",
+                           refusals=tuple(refusals))
 
     # -- pieces, public so that tests and benchmarks can drive them directly ----------
 
@@ -122,7 +182,16 @@ class LLMProposer:
             if fmt == "knobs":
                 hypothesis, changes = parse_knob_reply(reply)
                 child = apply_knobs(base, changes)
+                broken = constants.violations(child)
+                if broken:
+                    raise EditError("the change breaks a constraint: " + "; ".join(broken[:3]), hypothesis=hypothesis)
                 used = "knobs"
+            elif fmt == "moves":
+                move, why = moves.parse_reply(reply)
+                hypothesis = why
+                child = moves.apply(base, move)
+                hypothesis = f"{moves.describe(base, move)}: {why}" if why else moves.describe(base, move)
+                used = "moves"
             elif fmt == "whole_file":
                 hypothesis = extract_hypothesis(reply)
                 child = parse_whole_file(reply)
@@ -166,13 +235,26 @@ class LLMProposer:
         return ctx.repair_train_py if (ctx.repair_of is not None and ctx.repair_train_py) else ctx.parent_train_py
 
     @staticmethod
-    def _repairable(result: InvalidEdit) -> bool:
+    def _repairable(result: InvalidEdit, fmt: str) -> bool:
+        """Worth one repair round trip: a SEARCH part that did not match, or (JSON formats,
+        whose replies a grammar keeps well-formed) a value the file refuses."""
+        if fmt in ("knobs", "moves"):
+            return True
         r = result.reason
         return ("does not match" in r) or ("matches " in r and " places in " in r)
 
     def _call(self, persona: Persona, messages: list[dict[str, str]], fmt: str, base: str) -> str:
         response_format = None
-        if fmt == "knobs":
+        if fmt == "moves":
+            try:
+                schema = moves.schema(base)
+            except EditError:
+                schema = None
+            if schema is not None and is_local_base(persona.api_base):
+                response_format = {"type": "json_object", "schema": schema}
+            elif supports_json_mode(persona.model or ""):
+                response_format = {"type": "json_object"}
+        elif fmt == "knobs":
             try:
                 schema = knob_schema(find_knobs(base))
             except EditError:

@@ -1,11 +1,22 @@
-"""Benchmark: proposals from the embedded model (Qwen2.5-Coder-0.5B, knob format).
+"""Benchmark: proposals from the embedded models (Qwen2.5-Coder 0.5B / 1.5B) and the random baseline.
 
-Starts the embedded llama.cpp server (agents.local_model) with N threads, asks the
-three built-in personas in turn for N proposals on train_template.py (each prompt lists
-the hypotheses already tried, as the loop does), and prints per proposal: latency,
-tokens, valid or not, the hypothesis or the reason, and the constants changed; then the
-latency summary and the share of valid edits. `--out DIR` writes `proposals.json` and
-every valid child as `child_XX.py`, for `--arena` (below) or for inspection.
+`--proposer small|large|random` picks the proposer: the embedded 0.5B or 1.5B model
+(llama.cpp, N threads, the typed move menu of agents.moves) or the random-move baseline
+(no LLM). It asks the three built-in personas in turn for N proposals on
+train_template.py. As in the loop, each prompt lists the hypotheses already tried, and
+the novelty gate (agents.novelty) knows the parent and every valid child so far, so a
+repeat is refused and goes back to the model. It prints per proposal: latency, tokens,
+valid or not, the hypothesis or the reason, the constants changed, the gate's
+refusals and the rubric's verdict (agents.rubric: does the hypothesis name what
+changed, in the right direction, and nothing else); then:
+
+- `valid_share`: proposals that ended as a valid child;
+- `duplicate_share`: children the novelty gate refused as repeats, of all children
+  the proposer produced (valid ones plus every refused one on the way);
+- `hypothesis_match_share`: valid children whose hypothesis matches the edit (rubric).
+
+`--out DIR` writes `proposals.json` and every valid child as `child_XX.py`, for
+`--arena` (below) or for inspection.
 
 `--arena DIR_WITH_PROPOSALS` (second stage) runs the root on several seeds and each
 valid child on the same seeds through the real arena (arena.LocalArena) with a short
@@ -13,8 +24,9 @@ budget, and reports how many children differ from the root beyond the noise floo
 (paired t-test on the same seeds, scipy). It needs the prepared data (`evolve prepare`).
 
 Usage:
-    python bench/proposals.py --n 20 --threads 2 --out /tmp/bench_proposals
-    python bench/proposals.py --arena /tmp/bench_proposals --budget 20 --seeds 3
+    python bench/proposals.py --proposer small --n 6 --threads 2 --out /tmp/bench_small
+    python bench/proposals.py --proposer random --n 20 --out /tmp/bench_random
+    python bench/proposals.py --arena /tmp/bench_small --budget 20 --seeds 3
 
 It measures; it decides nothing and writes nothing outside --out.
 """
@@ -25,6 +37,7 @@ import argparse
 import json
 import logging
 import os
+import re
 import statistics
 import sys
 import time
@@ -46,10 +59,24 @@ def changed_constants(parent: str, child: str) -> list[str]:
     return [f"{n}: {a[n].source} -> {b[n].source}" for n in a if n in b and a[n].source != b[n].source]
 
 
+_MOVE_PREFIX = re.compile(
+    r"^(scale \S+ by \S+ \(.*?\)|set \S+ .*? -> \S+|swap the optimizer: OPTIMIZER \S+ -> \S+|"
+    r"(add|remove) a block: DEPTH .*? -> \d+|change the MLP activation \S+ -> \S+)(: |$)")
+
+
+def model_words(hypothesis: str) -> str:
+    """The model's own words of a move hypothesis (without the move's generated description)."""
+    m = _MOVE_PREFIX.match(hypothesis)
+    return hypothesis[m.end():] if m else hypothesis
+
+
 def run_proposals(args: argparse.Namespace) -> int:
-    from agents import build_proposer
+    import contextlib
+
+    from agents import build_proposer, rubric
     from agents.llm import LLMCallRecord
-    from agents.local_model import EmbeddedModel
+    from agents.local_model import LOCAL_MODEL_CHOICES, EmbeddedModel
+    from agents.novelty import NoveltyIndex
     from agents.proposal import InvalidEdit, ProposalContext
 
     template = (ROOT / "train_template.py").read_text()
@@ -62,15 +89,23 @@ def run_proposals(args: argparse.Namespace) -> int:
             stale.unlink()
         (Path(args.out) / "parent.py").write_text(template)  # the arena stage's root
     t_start = time.monotonic()
-    with EmbeddedModel(args.model, n_threads=args.threads) as m:
+    with contextlib.ExitStack() as stack:
+        if args.proposer == "random":
+            proposer = build_proposer({"model": "random"}, records.append, cost_ceiling_usd=None)
+            model_name = "random"
+        else:
+            m = stack.enter_context(EmbeddedModel(LOCAL_MODEL_CHOICES[args.proposer], n_threads=args.threads))
+            proposer = build_proposer({}, records.append, cost_ceiling_usd=None, embedded=m, max_retries=1)
+            model_name = m.alias
         startup = time.monotonic() - t_start
-        proposer = build_proposer({}, records.append, cost_ceiling_usd=None, embedded=m, max_retries=1)
         tried: list[str] = []
+        known = [("root", template, "the parent")]
         for i in range(args.n):
             persona = personas[i % len(personas)]
             ctx = ProposalContext(
                 persona=persona, program=PROGRAM, parent_id="root", parent_commit="0" * 40,
                 parent_train_py=template, tried=list(reversed(tried))[:10], noise_floor=args.noise_floor,
+                novelty=NoveltyIndex.build(known),
             )  # fmt: skip
             n_rec = len(records)
             t0 = time.monotonic()
@@ -78,44 +113,65 @@ def run_proposals(args: argparse.Namespace) -> int:
             latency = time.monotonic() - t0
             calls = records[n_rec:]
             valid = not isinstance(out, InvalidEdit)
+            verdict = rubric.judge(template, out.train_py, out.hypothesis) if valid else None
+            own = rubric.judge(template, out.train_py, model_words(out.hypothesis)) if valid else None
             row = {
                 "i": i,
                 "persona": persona,
                 "latency_s": round(latency, 2),
+                "llm_calls": len(calls),
                 "prompt_tokens": sum(r.prompt_tokens for r in calls),
                 "completion_tokens": sum(r.completion_tokens for r in calls),
                 "valid": valid,
                 "hypothesis": out.hypothesis,
                 "reason": "" if valid else out.reason,
                 "changes": changed_constants(template, out.train_py) if valid else [],
+                "repeats_refused": sum(r.is_repeat for r in out.refusals),
+                "other_refusals": sum(not r.is_repeat for r in out.refusals),
+                "hypothesis_matches": bool(verdict and verdict.matches),
+                "rubric_problems": list(verdict.problems) if verdict else [],
+                # the same rubric on the model's own words only (moves: without the generated prefix)
+                "own_words_match": bool(own and own.matches),
             }
             if valid:
                 tried.append(out.hypothesis)
+                known.append((f"child_{i:02d}", out.train_py, "proposed"))
                 if args.out:
-                    Path(args.out).mkdir(parents=True, exist_ok=True)
                     (Path(args.out) / f"child_{i:02d}.py").write_text(out.train_py)
             else:
                 tried.append(out.hypothesis or "(invalid reply)")
             rows.append(row)
             status = "VALID  " if valid else "INVALID"
             detail = "; ".join(row["changes"]) if valid else row["reason"][:140]
+            match = "" if not valid else (" match" if row["hypothesis_matches"] else
+                                          f" MISMATCH ({'; '.join(row['rubric_problems'])[:100]})")
             print(
-                f"{i:2d} {persona:16s} {latency:6.1f}s p={row['prompt_tokens']:4d} c={row['completion_tokens']:3d} "
-                f"{status} {detail}\n     hypothesis: {row['hypothesis'][:160]}",
+                f"{i:2d} {persona:16s} {latency:6.1f}s calls={row['llm_calls']} p={row['prompt_tokens']:4d} "
+                f"c={row['completion_tokens']:3d} repeats={row['repeats_refused']} {status} {detail}{match}\n"
+                f"     hypothesis: {row['hypothesis'][:160]}",
                 flush=True,
             )
     lat = [r["latency_s"] for r in rows]
     n_valid = sum(r["valid"] for r in rows)
+    repeats = sum(r["repeats_refused"] for r in rows)
+    produced = n_valid + repeats + sum(r["other_refusals"] for r in rows)
     gen_tok = sum(r["completion_tokens"] for r in rows)
     summary = {
-        "model": args.model,
+        "proposer": args.proposer,
+        "model": model_name,
         "threads": args.threads,
         "cpu_count": os.cpu_count(),
         "load_avg_at_end": os.getloadavg()[0],
         "server_startup_s": round(startup, 2),
         "n": len(rows),
         "valid": n_valid,
-        "valid_share": n_valid / len(rows) if rows else 0.0,
+        "valid_share": round(n_valid / len(rows), 3) if rows else 0.0,
+        "children_produced": produced,
+        "repeats_refused": repeats,
+        "duplicate_share": round(repeats / produced, 3) if produced else 0.0,
+        "hypothesis_matches": sum(r["hypothesis_matches"] for r in rows),
+        "hypothesis_match_share": round(sum(r["hypothesis_matches"] for r in rows) / n_valid, 3) if n_valid else 0.0,
+        "own_words_match_share": round(sum(r["own_words_match"] for r in rows) / n_valid, 3) if n_valid else 0.0,
         "latency_mean_s": round(statistics.mean(lat), 2),
         "latency_median_s": round(statistics.median(lat), 2),
         "latency_max_s": round(max(lat), 2),
@@ -214,7 +270,8 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n", type=int, default=20)
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--model", default="qwen2.5-coder-0.5b")
+    ap.add_argument("--proposer", choices=("small", "large", "random"), default="small",
+                    help="embedded 0.5B (small), 1.5B (large), or the random-move baseline")
     ap.add_argument("--noise-floor", type=float, default=None)
     ap.add_argument("--out", default=None, help="directory for proposals.json and child_XX.py")
     ap.add_argument("--arena", default=None, help="second stage: directory written by --out")

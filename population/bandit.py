@@ -29,19 +29,22 @@ class PersonaStats:
 
 
 def choose_persona(stats: dict[str, PersonaStats], rng: random.Random, floor: float = 0.1,
-                   cost_scale_usd: float = 0.05) -> str:
-    """Pick a persona. `stats` must name every persona (unseen ones with zero trials)."""
+                   cost_scale_usd: float = 0.05, weights: dict[str, float] | None = None) -> str:
+    """Pick a persona. `stats` must name every persona (unseen ones with zero trials).
+    `weights` (program.md's persona `weight`, default 1) scale both the uniform
+    exploration draw and each persona's sampled utility."""
     names = sorted(stats)
     if not names:
         raise ValueError("no personas to choose from")
+    w = {n: (weights or {}).get(n, 1.0) for n in names}
     floor = min(max(floor, 0.0), 1.0 / len(names))
     if rng.random() < floor * len(names):
-        return rng.choice(names)
+        return rng.choices(names, [w[n] for n in names])[0] if len(set(w.values())) > 1 else rng.choice(names)
     best, best_u = names[0], -1.0
     for name in names:
         s = stats[name]
         rate = rng.betavariate(s.successes + 1, s.trials - s.successes + 1)
-        utility = rate / (1.0 + s.mean_cost / cost_scale_usd)
+        utility = w[name] * rate / (1.0 + s.mean_cost / cost_scale_usd)
         if utility > best_u:
             best, best_u = name, utility
     return best

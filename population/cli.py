@@ -97,6 +97,9 @@ def _add_run_flags(p: argparse.ArgumentParser) -> None:
                    help="continue the run in --run-dir with the settings it started with")
     p.add_argument("--devices", help='device slots: GPU indices "0,1", "cpu" or "cpu:N"')
     p.add_argument("--model", help="litellm model for every persona (default: program.md, else the embedded model)")
+    p.add_argument("--local-model", choices=("small", "large"),
+                   help="embedded model when no --model is set: small (0.5B, extra local-llm) or "
+                        "large (1.5B, extra local-llm-large); default program.md's local_model, else small")
     p.add_argument("--ray", nargs="?", const="local", metavar="ADDRESS",
                    help='run candidates as Ray tasks: on a cluster started here ("local", the default) '
                         "or on the cluster at ADDRESS")
@@ -155,7 +158,7 @@ def _preflight(settings: RunSettings, cfg: ProgramConfig, run_dir: Path, out: Na
 
     out.say("checking prerequisites (data, devices, disk, model, sandbox)")
     pre = check_all(Path(settings.data_dir or ""), cfg.devices, settings.unconfined, cfg.personas_config(),
-                    run_dir, executor_slots=settings.ray in (None, "local"))
+                    run_dir, executor_slots=settings.ray in (None, "local"), local_model=cfg.local_model)
     for line in pre.lines:
         out.say(f"  ok  {line}")
     return pre
@@ -302,8 +305,12 @@ def _run(run: OpenedRun, stack: contextlib.ExitStack, out: Narrator) -> str:
         out.say(f"{verb} run {repo.run_dir}")
         loop = GenerationLoop(store, repo, arena, None, cfg, sorted(personas), slots=slots,  # type: ignore[arg-type]
                               on_event=out.say, preferences={n: p.prefers for n, p in personas.items()},
-                              crossover_personas={n for n, p in personas.items() if p.crossover})
-        loop.proposer = _real_proposer(cfg, loop, store, stack, out, repo.run_dir)
+                              crossover_personas={n for n, p in personas.items() if p.crossover},
+                              weights={n: p.weight for n, p in personas.items()})
+        from arena.preflight import Preflight
+
+        preflight = Preflight(repo.read_file(repo.root_commit, "prepare.py"), run.preflight.data_dir)
+        loop.proposer = _real_proposer(cfg, loop, store, stack, out, repo.run_dir, checks=[preflight])
     out.say(_plan_text(cfg, slots, device))
     out.watch(store_path(repo.run_dir), cfg.budget_s, slots, cfg.population, cfg.initial_seeds,
               cfg.root_seeds, cfg.generations)
@@ -354,21 +361,21 @@ def _real_personas(cfg: ProgramConfig) -> dict[str, Any]:
 
 
 def _real_proposer(cfg: ProgramConfig, loop: Any, store: Store, stack: contextlib.ExitStack, out: Narrator,
-                   run_dir: Path) -> Any:
+                   run_dir: Path, checks: list[Any] | None = None) -> Any:
     import agents
 
     pcfg = cfg.personas_config()
     embedded = None
     if agents.needs_embedded_model(pcfg):
-        from agents.local_model import EmbeddedModel
+        from agents.local_model import LOCAL_MODEL_CHOICES, EmbeddedModel
 
         log_path = run_dir / "logs" / "llm-server.log"
-        out.say(f"starting the embedded local model (no --model given; its log: {log_path})")
+        out.say(f"starting the embedded local model ({cfg.local_model}; no --model given; its log: {log_path})")
         t0 = time.monotonic()
-        embedded = stack.enter_context(EmbeddedModel(log_path=log_path))
+        embedded = stack.enter_context(EmbeddedModel(LOCAL_MODEL_CHOICES[cfg.local_model], log_path=log_path))
         out.say(f"  the embedded model answers at {embedded.api_base} (ready in {time.monotonic() - t0:.0f} s)")
     return agents.build_proposer(pcfg, loop.on_llm_call, cfg.max_cost_usd, embedded=embedded,
-                                 spent_usd=store.total_cost())
+                                 spent_usd=store.total_cost(), checks=checks or [])
 
 
 # -- the read-only commands ---------------------------------------------------------------------
@@ -396,12 +403,15 @@ def cmd_status(args: argparse.Namespace) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     """What the run found: the summary in words, and the report files (results.tsv,
     progress.png, pareto.png, report.md)."""
+    from population import memory
+    from population.display import clean
     from population.report import summary_text, write_report
 
     run_dir, store = _reader(args.run_dir)
     with store:
         files = write_report(store, run_dir, args.out or run_dir / "report")
         print(summary_text(store, run_dir))
+        print("\nresearch memory (what was tried, grouped by idea):\n" + clean(memory.for_run(run_dir, store)))
     print(f"\nreport: {files.markdown}\n  {files.results_tsv}\n  {files.progress_png}\n  {files.pareto_png}")
     return 0
 

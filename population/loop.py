@@ -86,6 +86,7 @@ class GenerationLoop:
                  config: ProgramConfig, personas: list[str], slots: int,
                  preferences: dict[str, str] | None = None,
                  crossover_personas: set[str] | None = None,
+                 weights: dict[str, float] | None = None,
                  guard: Callable[[Repo, str, set[str]], tuple[bool, str, str]] = _default_guard,
                  on_event: Callable[[str], None] | None = None,
                  clock: Callable[[], float] = time.time):
@@ -105,7 +106,8 @@ class GenerationLoop:
         self.lookahead = int(lookahead)
         self._files: dict[str, str] = {}
         self.planner = Planner(self.state, config, self.personas, preferences or {}, crossover_personas or set(),
-                               self.lookahead, self._train_py, getattr(repo, "lineage", None))
+                               self.lookahead, self._train_py, getattr(repo, "lineage", None),
+                               weights or {})
         self.decisions = Decisions(self.state, config)
         self._inflight: dict[tuple[str, int], tuple[int, int]] = {}  # (candidate, seed) -> (evaluation id, tag)
         self._arena_errors: dict[tuple[str, int], int] = {}
@@ -210,6 +212,11 @@ class GenerationLoop:
             del self._proposing[c.id]
             answer = fut.result()  # a proposer's configuration error stops the run here
             self._drain_llm_calls()
+            for refusal in getattr(answer, "refusals", ()):  # device time saved before the arena
+                st.event("novelty_refused" if refusal.is_repeat else "preflight_refused",
+                         f"{c.id} ({c.persona}): {refusal.reason}", c.generation, c.id, check=refusal.kind,
+                         duplicate_of=refusal.duplicate_of, saved_runs=self.cfg.initial_seeds,
+                         saved_budget_s=self.cfg.initial_seeds * self.cfg.budget_s)
             merge_commit = None
             if isinstance(answer, CrossoverResult):
                 answer, merge_commit = answer.outcome, answer.merge_commit

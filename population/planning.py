@@ -20,8 +20,10 @@ import random
 from collections.abc import Callable
 from typing import Any
 
+from agents.novelty import NoveltyIndex
 from agents.proposal import ArchiveRow, Failure, LineageStep, ProposalContext
 from arena.records import FAILURES, Status
+from population import memory, telemetry
 from population.archive import Point
 from population.bandit import PersonaStats, choose_persona
 from population.program import ProgramConfig
@@ -39,8 +41,9 @@ class Planner:
 
     def __init__(self, state: RunState, cfg: ProgramConfig, personas: list[str], preferences: dict[str, str],
                  crossover_personas: set[str], lookahead: int, read_train_py: Callable[[str], str],
-                 lineage: Callable[[str], Any] | None = None):
+                 lineage: Callable[[str], Any] | None = None, weights: dict[str, float] | None = None):
         self.state, self.cfg = state, cfg
+        self.weights = weights or {}
         self.personas = personas
         self.preferences = preferences
         self.crossover_personas = crossover_personas
@@ -61,7 +64,7 @@ class Planner:
                 continue
             v = self.sees(g, idx)
             persona = choose_persona(self.persona_stats(v), random.Random(f"{self.cfg.seed}:persona:{g}:{idx}"),
-                                     self.cfg.bandit_floor)
+                                     self.cfg.bandit_floor, weights=self.weights)
             members = [Point.from_row(r) for r in st.generation(v).archive]
             rng = random.Random(f"{self.cfg.seed}:parent:{g}:{idx}")
             prefers = self.preferences.get(persona, "frontier")
@@ -174,6 +177,7 @@ class Planner:
             repair_of = Failure(f.id, f.persona, f.hypothesis, rec.statuses.get(f.id, f.status.value), f.message[-2000:])
             repair_py = self.read_train_py(f.commit or "")
         second = st.cands[c.second_parent_id] if c.second_parent_id else None
+        parent_runs = telemetry.candidate_telemetry(st.store, parent.id, self.cfg.budget_s)
         return ProposalContext(
             persona=c.persona, program=self.cfg.prose, parent_id=parent.id,
             parent_commit=parent.commit or "", parent_train_py=self.read_train_py(parent.commit or ""),
@@ -181,6 +185,10 @@ class Planner:
             noise_floor=floor.val_std if floor else None, repair_of=repair_of, repair_train_py=repair_py,
             second_parent_commit=second.commit if second else None,
             second_parent_train_py=self.read_train_py(second.commit or "") if second else None,
+            memory=memory.digest(st.store, self.read_train_py, parent.id, as_of=v),
+            telemetry=telemetry.render(parent_runs) if parent_runs else "",
+            novelty=NoveltyIndex.build((o.id, self.read_train_py(o.commit), o.status.value)
+                                       for o in st.cands.values() if o.commit),
         )
 
     def archive_rows(self, v: int) -> list[ArchiveRow]:

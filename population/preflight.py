@@ -92,11 +92,12 @@ def check_endpoint(api_base: str, model: str) -> None:
                              "start that server or fix api_base in program.md") from None
 
 
-def check_models(personas_config: dict) -> list[str]:
+def check_models(personas_config: dict, local_model: str = "small") -> list[str]:
     """Every enabled persona's model has its key and an answering endpoint; the embedded
-    model, when some persona needs it, is installed."""
+    model (`local_model`: agents.local_model.LOCAL_MODEL_CHOICES), when some persona
+    needs it, is installed. The random-move baseline needs nothing."""
     from agents.llm import MissingAPIKey, check_api_key
-    from agents.personas import PersonaConfigError, load_personas
+    from agents.personas import RANDOM_MODEL, PersonaConfigError, load_personas
 
     try:
         personas = load_personas(personas_config)
@@ -104,21 +105,19 @@ def check_models(personas_config: dict) -> list[str]:
         raise PreflightError(str(exc)) from None
     lines, seen = [], set()
     for p in sorted(personas.values(), key=lambda p: p.name):
+        if p.model == RANDOM_MODEL:
+            continue
         if p.model is None:
             key = ("embedded", None)
             if key not in seen:
-                from agents.local_model import (
-                    DEFAULT_EMBEDDED_MODEL,
-                    EmbeddedModelError,
-                    get_spec,
-                    part_paths,
-                )
+                from agents.local_model import LOCAL_MODEL_CHOICES, EmbeddedModelError, get_spec, part_paths
 
+                name = LOCAL_MODEL_CHOICES[local_model]
                 try:
-                    part_paths(get_spec(DEFAULT_EMBEDDED_MODEL))
+                    part_paths(get_spec(name))
                 except EmbeddedModelError as exc:
                     raise PreflightError(str(exc)) from None
-                lines.append(f"model: embedded {DEFAULT_EMBEDDED_MODEL} (llama.cpp on 127.0.0.1)")
+                lines.append(f"model: embedded {name} (llama.cpp on 127.0.0.1)")
             seen.add(key)
             continue
         key = (p.model, p.api_base)
@@ -147,7 +146,7 @@ def check_disk(path: Path, min_free_mb: int = MIN_FREE_MB) -> str:
 
 
 def check_all(data_dir: Path, devices: tuple[str, ...], unconfined: bool, personas_config: dict,
-              run_dir: Path, executor_slots: bool = True) -> Preflight:
+              run_dir: Path, executor_slots: bool = True, local_model: str = "small") -> Preflight:
     """Every prerequisite of a real run, cheapest first. `executor_slots=False` (a Ray
     cluster at an address) skips the local device slots."""
     slots = check_slots(devices) if executor_slots else []
@@ -157,5 +156,5 @@ def check_all(data_dir: Path, devices: tuple[str, ...], unconfined: bool, person
         lines.append("devices: " + ", ".join(f"{s.name} [{s.device_name}]" for s in slots))
     lines.append(check_disk(run_dir.parent if not run_dir.exists() else run_dir))
     lines.append(check_sandbox(unconfined))
-    lines += check_models(personas_config)
+    lines += check_models(personas_config, local_model)
     return Preflight(data, slots, lines)

@@ -8,6 +8,7 @@ loop; the prose goes verbatim into every proposal's context.
     budget_s = 60            # training seconds per run
     population = 4           # children per generation
     model = "..."            # default litellm model of every persona (optional)
+    local_model = "small"    # embedded model when no model is set: "small" (0.5B) or "large" (1.5B)
     [seeds]    root, initial, max, per_round, accept_p, futility_p, epsilon_scale, rescore_every,
                rescore_seeds
     [stop]     generations, target_val_bpb, max_cost_usd, max_hours
@@ -76,6 +77,7 @@ class ProgramConfig:
     # tables: passed as they are to agents.build_proposer, which validates them
     model: str | None = None
     api_base: str | None = None
+    local_model: str = "small"  # agents.local_model.LOCAL_MODEL_CHOICES
     personas: dict[str, dict] = field(default_factory=dict)
     prose: str = ""
 
@@ -117,6 +119,7 @@ class ProgramConfig:
             (self.generations >= 0, "stop", "generations", "must be >= 0"),
             (self.proposal_workers >= 1, "search", "proposal_workers", "must be at least 1"),
             (0 <= self.bandit_floor <= 1, "search", "bandit_floor", "must be in [0, 1]"),
+            (self.local_model in ("small", "large"), None, "local_model", 'must be "small" or "large"'),
         ]
         for ok, section, key, msg in checks:
             if not ok:
@@ -127,7 +130,8 @@ class ProgramConfig:
 # TOML location -> (field name, accepted types)
 _TOP = {"budget_s": ("budget_s", (int, float)), "seed": ("seed", (int,)),
         "population": ("population", (int,)), "devices": ("devices", (list,)),
-        "model": ("model", (str,)), "api_base": ("api_base", (str,))}
+        "model": ("model", (str,)), "api_base": ("api_base", (str,)),
+        "local_model": ("local_model", (str,))}
 _SECTIONS: dict[str, dict[str, tuple[str, tuple[type, ...]]]] = {
     "seeds": {
         "root": ("root_seeds", (int,)), "initial": ("initial_seeds", (int,)),

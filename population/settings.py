@@ -68,7 +68,8 @@ def program_fields(cfg: ProgramConfig) -> dict[str, Any]:
 def _overrides(args: argparse.Namespace) -> dict[str, Any]:
     devices = tuple(args.devices.split(",")) if args.devices else None
     return {"generations": args.generations, "budget_s": args.budget, "population": args.population,
-            "model": args.model, "seed": args.seed, "devices": devices}
+            "model": args.model, "seed": args.seed, "devices": devices,
+            "local_model": getattr(args, "local_model", None)}
 
 
 def _sim(args: argparse.Namespace, base: dict[str, float]) -> dict[str, float]:
@@ -118,7 +119,7 @@ def resume_settings(stored: RunSettings, args: argparse.Namespace) -> tuple[RunS
         raise SettingsConflict("--program applies to a new run; a resumed run keeps its own program.md "
                                "(drop --program)")
     flags = {"budget_s": "--budget", "population": "--population", "model": "--model", "seed": "--seed",
-             "devices": "--devices"}
+             "devices": "--devices", "local_model": "--local-model"}
     given = _overrides(args)
     for name, flag in flags.items():
         value = given[name]

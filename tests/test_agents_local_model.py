@@ -148,7 +148,7 @@ def test_server_stops_in_seconds_mid_reply_and_logs_to_its_file(tmp_path, capfd)
 @pytest.mark.slow
 @pytest.mark.embedded_llm
 @pytest.mark.timeout(1200)  # about a minute alone; CPU contention from parallel test runs stretches it
-def test_embedded_model_proposes_a_valid_knob_edit():
+def test_embedded_model_proposes_a_valid_move():
     from agents import build_proposer
     from agents.llm import LLMCallRecord
     from agents.proposal import Proposal, ProposalContext
@@ -164,7 +164,7 @@ def test_embedded_model_proposes_a_valid_knob_edit():
     )
     with EmbeddedModel(n_threads=2) as m:
         proposer = build_proposer({}, records.append, cost_ceiling_usd=0.0 + 1.0, embedded=m)
-        assert proposer.personas["optimizer-tuner"].edit_format == "knobs"
+        assert proposer.personas["optimizer-tuner"].edit_format == "moves"
         outcomes = []
         for _ in range(2):  # a 0.5B model may repeat the parent's values (a no-op)
             outcomes.append(proposer.propose(ctx))
@@ -173,7 +173,7 @@ def test_embedded_model_proposes_a_valid_knob_edit():
     valid = [o for o in outcomes if isinstance(o, Proposal)]
     assert valid, [getattr(o, "reason", "") for o in outcomes]
     p = valid[0]
-    assert p.edit_format == "knobs" and p.model == "openai/qwen2.5-coder-0.5b" and p.hypothesis
+    assert p.edit_format == "moves" and p.model == "openai/qwen2.5-coder-0.5b" and p.hypothesis
     assert p.train_py != TEMPLATE
     compile(p.train_py, "train.py", "exec")
     assert all(r.cost_usd == 0.0 and r.completion_tokens > 0 for r in records if r.error is None)

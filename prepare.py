@@ -691,7 +691,7 @@ def evaluate_bpb(logits_fn, tokens: np.ndarray, token_bytes: np.ndarray, seq_len
     random.Random(secrets.randbits(64) if seed is None else seed).shuffle(windows)
     tb = torch.as_tensor(np.asarray(token_bytes), dtype=torch.float64)
     flat = np.asarray(tokens, dtype=np.int64)
-    total_nats, total_bytes, total_tokens = 0.0, 0.0, 0
+    nats_parts, total_bytes, total_tokens = [], 0.0, 0
     with torch.no_grad():
         for first in range(0, len(windows), batch_size):
             batch = windows[first : first + batch_size]
@@ -707,11 +707,12 @@ def evaluate_bpb(logits_fn, tokens: np.ndarray, token_bytes: np.ndarray, seq_len
             nats = -target_log_probs(logits, y.unsqueeze(-1)).squeeze(-1)
             weight = tb[y] * counted
             scored = weight > 0
-            total_nats += float(nats[scored].sum())
+            nats_parts.append(nats[scored].numpy())
             total_bytes += float(weight.sum())
             total_tokens += int(scored.sum())
             if observe is not None:
                 observe(x, y, counted, logits)
+    total_nats = math.fsum(np.concatenate(nats_parts))  # exact: the same in any window order
     bpb = total_nats / (math.log(2) * total_bytes)
     return BpbResult(bpb=bpb, nats=total_nats, n_bytes=int(total_bytes), n_tokens=total_tokens)
 

@@ -108,19 +108,22 @@ def _tree_rss() -> int:
 
 def _scratch_used() -> int:
     """Bytes stored in the scratch mounts of the tree's sandboxes: for each mount
-    namespace of a descendant other than ours, counted once, the used size of its
-    /tmp and /dev/shm (statvfs through /proc/PID/root). 0 without a sandbox."""
+    namespace of a descendant other than ours whose root is not ours (a sandbox that
+    is still being set up still sees the machine's /tmp), counted once, the used size
+    of its /tmp and /dev/shm (statvfs through /proc/PID/root). 0 without a sandbox."""
     try:
         mine = os.readlink("/proc/self/ns/mnt")
+        root = os.stat("/")
     except OSError:
         return 0
     seen, total = set(), 0
     for p in _descendants():
         try:
             ns = os.readlink(f"/proc/{p.pid}/ns/mnt")
+            theirs = os.stat(f"/proc/{p.pid}/root")
         except OSError:
             continue
-        if ns == mine or ns in seen:
+        if ns == mine or ns in seen or (theirs.st_dev, theirs.st_ino) == (root.st_dev, root.st_ino):
             continue
         seen.add(ns)
         for mount in SCRATCH_MOUNTS:

@@ -150,5 +150,5 @@ def test_without_bubblewrap_the_arena_says_what_is_not_enforced(world, caplog):
             repo, data_dir, detect_slots("cpu:1"), mem_limit_mb=2048, use_bwrap=False
         ).close()
     lines = [r.getMessage() for r in caplog.records if r.name == "arena.sandbox"]
-    assert len(lines) == 5 and all(m.startswith("sandbox NOT enforced:") for m in lines)
+    assert len(lines) == 7 and all(m.startswith("sandbox NOT enforced:") for m in lines)
     assert any("network" in m for m in lines) and any("evaluation splits" in m for m in lines)

@@ -70,6 +70,7 @@ def test_two_nodes_without_shared_paths_run_cancel_and_survive_a_lost_node(
     sleeper = repo.commit_candidate(repo.root_commit, SLEEPER, "sleeper")
     node_root = tmp_path / "nodes"
     monkeypatch.setenv("EVOLVE_NODE_DIR", str(node_root))  # inherited by the nodes' workers
+    monkeypatch.setenv("RAY_raylet_start_wait_time_s", "120")  # a loaded CI machine is slow
     from ray.cluster_utils import Cluster
 
     cluster = Cluster()

@@ -419,19 +419,24 @@ def materialize_data(node: Path, data: DataShipment) -> Path:
     import ray
 
     target = node / "data" / data.key
-    if (target / "manifest.json").is_file():
-        return target
-    files: dict[str, bytes] = ray.get(data.blob[0])
+    if not (target / "manifest.json").is_file():
+        write_checked(target, ray.get(data.blob[0]), data.hashes)
+    return target
+
+
+def write_checked(target: Path, files: dict[str, bytes], hashes: dict[str, str]) -> None:
+    """Write `files` as the directory `target` when every file matches `hashes` (and
+    none is missing); DataMismatch otherwise, leaving nothing at `target`."""
     tmp = target.with_name(f"{target.name}.partial-{uuid.uuid4().hex[:8]}")
     try:
+        if set(files) != set(hashes):
+            raise DataMismatch("the data cache arrived incomplete")
         for rel, content in files.items():
-            if hashlib.sha256(content).hexdigest() != data.hashes.get(rel):
+            if hashlib.sha256(content).hexdigest() != hashes[rel]:
                 raise DataMismatch(f"data file {rel} arrived with the wrong hash")
             path = tmp / rel
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_bytes(content)
-        if set(files) != set(data.hashes):
-            raise DataMismatch("the data cache arrived incomplete")
         try:
             tmp.rename(target)
         except OSError:  # another task on this node put it in place first
@@ -439,7 +444,6 @@ def materialize_data(node: Path, data: DataShipment) -> Path:
                 raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    return target
 
 
 def clone_bundle(run_dir: Path, bundle: bytes, root: str) -> ExperimentRepo:

@@ -374,8 +374,12 @@ class RayArena:
         try:
             returned: Returned = ray.get(ref)
         except ray.exceptions.TaskCancelledError:
+            self._board.forget.remote(name)
             return unmeasured(request, RunOutcome.CANCELLED, "cancelled before it ran; not measured")
         except ray.exceptions.RayError as exc:  # a lost node or worker, or the arena's own bug
+            # A task whose raylet died can live on for a while, and its candidate with it:
+            # the board keeps it cancelled so that such an orphan stops and cleans up.
+            self._board.cancel.remote(name)
             if cancelled:
                 return unmeasured(request, RunOutcome.CANCELLED, "cancelled; not measured")
             log.error("ray task for %s failed: %s", request.candidate_id, exc)
@@ -385,8 +389,7 @@ class RayArena:
                 RunOutcome.ARENA_ERROR,
                 f"arena error (not the candidate's fault; not measured): Ray: {first}",
             )
-        finally:
-            self._board.forget.remote(name)
+        self._board.forget.remote(name)
         for fname, content in returned.logs.items():
             (self.logs_dir / Path(fname).name).write_bytes(content)
         head_log = self.logs_dir / f"{name}.log"

@@ -61,6 +61,7 @@ log = logging.getLogger(__name__)
 
 NODE_DIR_ENV = "EVOLVE_NODE_DIR"
 CANCEL_POLL_S = 0.5
+BOARD_TIMEOUT_S = 5.0  # one question to the board; a slow answer is asked again
 CLOSE_WAIT_S = 120.0  # close(): how long cancelled tasks get to clean up
 
 
@@ -483,7 +484,9 @@ def _cancel_requested(board: Any, name: str) -> bool:
     import ray
 
     try:
-        return bool(ray.get(board.is_cancelled.remote(name)))
+        return bool(ray.get(board.is_cancelled.remote(name), timeout=BOARD_TIMEOUT_S))
+    except ray.exceptions.GetTimeoutError:  # no answer yet: ask again at the next tick
+        return False
     except ray.exceptions.RayActorError:
         log.warning("the arena's board is gone; stopping run %s", name)
         return True
@@ -538,12 +541,20 @@ def _task(ship: Shipment, board: Any) -> Returned:
                 execute_run(request, repo, data_dir, prepare, slot, config, logs, handle, ship.name)
             )
 
+        # A Ray worker is its raylet's child: a new parent means this node's raylet died,
+        # the head has given the run up (arena error), and the candidate must stop.
+        raylet = os.getppid()
         worker = threading.Thread(target=work, name=f"run-{ship.name}", daemon=True)
         worker.start()
         try:
             while worker.is_alive():
                 worker.join(CANCEL_POLL_S)
-                if not handle.cancelled and _cancel_requested(board, ship.name):
+                if handle.cancelled:
+                    continue
+                if os.getppid() != raylet:
+                    log.warning("this node's raylet is gone; stopping run %s", ship.name)
+                    handle.cancel()
+                elif _cancel_requested(board, ship.name):
                     handle.cancel()
         except BaseException:  # a ray.cancel that reached a started task: stop, clean up
             handle.cancel()

@@ -14,7 +14,8 @@ the object store. On its node the task
 3. sends back the `RunResult` and the run's log files, and deletes its scratch.
 The head writes the logs into its own logs directory and the git note on its own repo:
 the head's store and repository stay the only ones written. A node that dies mid-run
-gives a result with outcome ARENA_ERROR (redo it), never a lost candidate.
+gives a result with outcome ARENA_ERROR (redo it), never a lost candidate; a task that
+outlives its node's raylet (it notices it was re-parented) stops its candidate itself.
 
 Cancelling does not rely on Ray interrupting a running task (Ray's non-forced cancel
 does not reliably interrupt a task that waits, ray-project/ray#32954): a small actor

@@ -14,7 +14,8 @@ the object store. On its node the task
 3. sends back the `RunResult` and the run's log files, and deletes its scratch.
 The head writes the logs into its own logs directory and the git note on its own repo:
 the head's store and repository stay the only ones written. A node that dies mid-run
-gives a result with outcome ARENA_ERROR (redo it), never a lost candidate.
+gives a result with outcome ARENA_ERROR (redo it), never a lost candidate; a task that
+outlives its node's raylet (it notices it was re-parented) stops its candidate itself.
 
 Cancelling does not rely on Ray interrupting a running task (Ray's non-forced cancel
 does not reliably interrupt a task that waits, ray-project/ray#32954): a small actor
@@ -62,6 +63,7 @@ log = logging.getLogger(__name__)
 
 NODE_DIR_ENV = "EVOLVE_NODE_DIR"
 CANCEL_POLL_S = 0.5
+BOARD_TIMEOUT_S = 5.0  # one question to the board; a slow answer is asked again
 CLOSE_WAIT_S = 120.0  # close(): how long cancelled tasks get to clean up
 
 
@@ -382,8 +384,12 @@ class RayArena:
         try:
             returned: Returned = ray.get(ref)
         except ray.exceptions.TaskCancelledError:
+            self._board.forget.remote(name)
             return unmeasured(request, RunOutcome.CANCELLED, "cancelled before it ran; not measured")
         except ray.exceptions.RayError as exc:  # a lost node or worker, or the arena's own bug
+            # A task whose raylet died can live on for a while, and its candidate with it:
+            # the board keeps it cancelled so that such an orphan stops and cleans up.
+            self._board.cancel.remote(name)
             if cancelled:
                 return unmeasured(request, RunOutcome.CANCELLED, "cancelled; not measured")
             log.error("ray task for %s failed: %s", request.candidate_id, exc)
@@ -393,8 +399,7 @@ class RayArena:
                 RunOutcome.ARENA_ERROR,
                 f"arena error (not the candidate's fault; not measured): Ray: {first}",
             )
-        finally:
-            self._board.forget.remote(name)
+        self._board.forget.remote(name)
         for fname, content in returned.logs.items():
             (self.logs_dir / Path(fname).name).write_bytes(content)
         head_log = self.logs_dir / f"{name}.log"
@@ -427,19 +432,24 @@ def materialize_data(node: Path, data: DataShipment) -> Path:
     import ray
 
     target = node / "data" / data.key
-    if (target / "manifest.json").is_file():
-        return target
-    files: dict[str, bytes] = ray.get(data.blob[0])
+    if not (target / "manifest.json").is_file():
+        write_checked(target, ray.get(data.blob[0]), data.hashes)
+    return target
+
+
+def write_checked(target: Path, files: dict[str, bytes], hashes: dict[str, str]) -> None:
+    """Write `files` as the directory `target` when every file matches `hashes` (and
+    none is missing); DataMismatch otherwise, leaving nothing at `target`."""
     tmp = target.with_name(f"{target.name}.partial-{uuid.uuid4().hex[:8]}")
     try:
+        if set(files) != set(hashes):
+            raise DataMismatch("the data cache arrived incomplete")
         for rel, content in files.items():
-            if hashlib.sha256(content).hexdigest() != data.hashes.get(rel):
+            if hashlib.sha256(content).hexdigest() != hashes[rel]:
                 raise DataMismatch(f"data file {rel} arrived with the wrong hash")
             path = tmp / rel
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_bytes(content)
-        if set(files) != set(data.hashes):
-            raise DataMismatch("the data cache arrived incomplete")
         try:
             tmp.rename(target)
         except OSError:  # another task on this node put it in place first
@@ -447,7 +457,6 @@ def materialize_data(node: Path, data: DataShipment) -> Path:
                 raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    return target
 
 
 def clone_bundle(run_dir: Path, bundle: bytes, root: str) -> ExperimentRepo:
@@ -484,7 +493,9 @@ def _cancel_requested(board: Any, name: str) -> bool:
     import ray
 
     try:
-        return bool(ray.get(board.is_cancelled.remote(name)))
+        return bool(ray.get(board.is_cancelled.remote(name), timeout=BOARD_TIMEOUT_S))
+    except ray.exceptions.GetTimeoutError:  # no answer yet: ask again at the next tick
+        return False
     except ray.exceptions.RayActorError:
         log.warning("the arena's board is gone; stopping run %s", name)
         return True
@@ -541,12 +552,20 @@ def _task(ship: Shipment, board: Any) -> Returned:
                 )
             )
 
+        # A Ray worker is its raylet's child: a new parent means this node's raylet died,
+        # the head has given the run up (arena error), and the candidate must stop.
+        raylet = os.getppid()
         worker = threading.Thread(target=work, name=f"run-{ship.name}", daemon=True)
         worker.start()
         try:
             while worker.is_alive():
                 worker.join(CANCEL_POLL_S)
-                if not handle.cancelled and _cancel_requested(board, ship.name):
+                if handle.cancelled:
+                    continue
+                if os.getppid() != raylet:
+                    log.warning("this node's raylet is gone; stopping run %s", ship.name)
+                    handle.cancel()
+                elif _cancel_requested(board, ship.name):
                     handle.cancel()
         except BaseException:  # a ray.cancel that reached a started task: stop, clean up
             handle.cancel()

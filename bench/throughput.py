@@ -168,8 +168,11 @@ def main() -> int:
             kinds = ["local"] + (["ray"] if args.ray else [])
             for kind in kinds:
                 if kind == "ray":
+                    import os
+
                     import ray
 
+                    os.environ.setdefault("RAY_raylet_start_wait_time_s", "120")
                     ray.init(num_cpus=max(args.slots), include_dashboard=False, log_to_driver=False)
                 print(f"{kind} arena, candidates sleeping {args.sleep:g} s, {args.runs} runs per slot")
                 print(f"  {'slots':>5} {'runs/h':>8} {'vs N x 1':>9} {'candidate share':>16}")

@@ -76,6 +76,7 @@ def ray_cluster(world):
     tmp = world[0]
     old = os.environ.get("EVOLVE_NODE_DIR")
     os.environ["EVOLVE_NODE_DIR"] = str(tmp / "nodes")  # inherited by Ray's workers
+    os.environ.setdefault("RAY_raylet_start_wait_time_s", "120")  # a loaded machine is slow
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
         yield tmp / "nodes"

@@ -29,14 +29,13 @@ import prepare  # before torch: it sets OpenMP's thread settings that the CPU bu
 
 ON_GPU = prepare.device_type() == "cuda"
 GPU_SIZE = "small"  # "small" (embedded corpus) or "large" (tinystories / climbmix)
-LARGE = ON_GPU and GPU_SIZE == "large"
 
-DEPTH = 12 if LARGE else 4  # transformer blocks
-MODEL_DIM = 768 if LARGE else 256 if ON_GPU else 128  # residual stream width
-N_HEADS = 6 if LARGE else 4  # attention heads (MODEL_DIM must divide by it)
+DEPTH = 4  # transformer blocks
+MODEL_DIM = 256 if ON_GPU else 128  # residual stream width
+N_HEADS = 4  # attention heads (MODEL_DIM must divide by it)
 MLP_RATIO = 4  # hidden width of the MLP, as a multiple of MODEL_DIM
 SEQ_LEN = 256 if ON_GPU else 128  # training context (at most prepare.SEQ_LEN)
-BATCH_SIZE = 256 if LARGE else 128 if ON_GPU else 32  # sequences per step
+BATCH_SIZE = 128 if ON_GPU else 32  # sequences per step
 OPTIMIZER = "muon"  # "muon" (orthogonalized momentum) for hidden matrices, or "adamw"
 LEARNING_RATE = 3e-3  # AdamW peak learning rate
 MUON_LR = 0.02  # Muon peak learning rate (hidden matrices only)
@@ -48,6 +47,8 @@ GRAD_CLIP = 1.0
 ROPE_BASE = 10000.0
 LOGIT_SOFTCAP = 15.0  # tanh cap on the output logits; 0 disables it
 COMPILE = ON_GPU  # torch.compile the model (slow to start on CPU)
+if ON_GPU and GPU_SIZE == "large":  # ~85M parameters, 128-wide heads, 64K tokens a step
+    DEPTH, MODEL_DIM, N_HEADS, SEQ_LEN, BATCH_SIZE = 12, 768, 6, 256, 256
 
 # ---------------------------------------------------------------------------
 # Model

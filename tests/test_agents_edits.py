@@ -114,7 +114,7 @@ def test_find_knobs_on_the_template():
     knobs = find_knobs(TEMPLATE)
     assert {"DEPTH", "MODEL_DIM", "LEARNING_RATE", "WARMDOWN_FRAC", "ADAM_BETAS"} <= set(knobs)
     assert "ON_GPU" not in knobs  # computed by a call: not a knob
-    assert knobs["MODEL_DIM"].source == "768 if LARGE else 256 if ON_GPU else 128"
+    assert knobs["MODEL_DIM"].source == "256 if ON_GPU else 128"
     assert knobs["MODEL_DIM"].kind == "int"
     assert knobs["LEARNING_RATE"].kind == "float" and knobs["OPTIMIZER"].kind == "str"
 

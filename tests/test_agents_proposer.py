@@ -205,5 +205,5 @@ def test_knob_prompt_lists_constants_not_the_whole_file():
     persona = load_personas({"model": "openai/x"})["architect"]
     p = build_prompt(make_ctx("architect"), persona, edit_format="knobs", context_window=8192, max_tokens=256)
     user = p.messages[1]["content"]
-    assert "| MODEL_DIM | `768 if LARGE else 256 if ON_GPU else 128` | residual stream width |" in user
+    assert "| MODEL_DIM | `256 if ON_GPU else 128` | residual stream width |" in user
     assert "class GPT" not in user and p.est_tokens < 2000

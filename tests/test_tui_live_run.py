@@ -15,7 +15,7 @@ from pathlib import Path
 
 from rich.console import Console
 
-from population.report import Score, gap_trend
+from population.report import gap_trend
 from tui.app import EvolveApp
 from tui.details import CandidateDetails
 from tui.header import status_line
@@ -96,11 +96,8 @@ def test_progress_picture_draws_the_best_kept_line_and_every_candidate():
 
 
 def test_a_lineage_whose_val_test_gap_grows_is_flagged():
-    def s(gap: float) -> Score:
-        return Score(1.0, 0.0, 3, 100.0, gap)
-
-    steady = {"root": s(0.010), "a": s(0.011), "b": s(0.012)}
+    steady = {"root": 0.010, "a": 0.011, "b": 0.012}
     assert gap_trend(["root", "a", "b"], steady, noise_sd=0.005) is None
-    growing = {"root": s(0.010), "a": s(0.018), "b": s(0.031)}
+    growing = {"root": 0.010, "a": 0.018, "b": 0.031}
     warning = gap_trend(["root", "a", "b"], growing, noise_sd=0.005)
     assert warning is not None and "root +0.0100 -> b +0.0310" in warning

@@ -21,9 +21,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-import prepare  # noqa: E402  (before torch, as in train.py)
+# isort: off
+import prepare  # noqa: E402  (before torch, as in train.py: it sets OpenMP's wait policy)
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
+# isort: on
 
 
 def main() -> int:

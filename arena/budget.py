@@ -13,8 +13,10 @@ The unit of the budget ("budget seconds"):
   training process's CPU time divided by its thread count; the supervisor measures the
   whole process tree's CPU seconds from outside and divides by the slot's threads. A
   busy machine changes how long a run takes, not how much it may compute, so the wall
-  limit is generous (`WALL_FACTOR` times the budget and allowance): it catches a run
-  that does not compute (a sleeper), or a machine oversubscribed past that factor;
+  limit is generous (`WALL_FACTOR` times the budget and allowance) and its wall time is
+  counted at the share of a core the machine could give (the supervisor's
+  `wall_load_adjusted`): it catches a run that does not compute (a sleeper), not one
+  that a busy machine starves;
 - on CUDA, wall seconds: the wall limit is the budget plus the allowance.
 A run whose outside-measured use exceeds budget + allowance is killed when the
 supervisor sees it (live sampling, every 100 ms) and refused when the exact figure
@@ -94,8 +96,12 @@ class Limits:
         terms = self._terms()
         if self.on_cpu and self.wall_factor != 1.0:
             terms = f"{self.wall_factor:g} x ({terms})"
+        load = (
+            "; wall time counted at the share of a core the machine could give it"
+            if self.on_cpu else ""
+        )
         return (
-            f"killed at the wall limit of {self.wall_limit_s:.0f} s ({terms}); "
+            f"killed at the wall limit of {self.wall_limit_s:.0f} s ({terms}){load}; "
             "train.py must stop when BudgetClock.done"
         )
 

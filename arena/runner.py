@@ -157,6 +157,7 @@ def supervised(
     term_grace_s: float = 3.0,
     address_space: bool = True,
     cpu_limit_s: float | None = None,
+    wall_load_adjusted: bool = False,
 ) -> dict:
     """Run `argv` under `python -m arena.supervise` and return its JSON report."""
     with tempfile.TemporaryDirectory(prefix="evolve-supervise-") as tmp:
@@ -168,6 +169,7 @@ def supervised(
             "log_path": str(log_path),
             "wall_limit_s": wall_limit_s,
             "cpu_limit_s": cpu_limit_s,
+            "wall_load_adjusted": wall_load_adjusted,
             "mem_limit_mb": sandbox.mem_limit_mb,
             "address_space": address_space and slot.device_type == "cpu",
             "term_grace_s": term_grace_s,
@@ -404,6 +406,7 @@ def run_candidate(
         handle,
         term_grace_s,
         cpu_limit_s=limits.cpu_limit_s,
+        wall_load_adjusted=limits.on_cpu,
     )
     text = log_tail(log_path)
     trusted = trusted_prepare.read_bytes()

@@ -18,7 +18,10 @@ kept and 200 MB of output are not), and then, every 100 ms:
   `getrusage(RUSAGE_CHILDREN)`, the live part from psutil) and kills the tree when
   they pass the CPU-time limit, if the spec sets one (CPU slots: the budget's unit
   there is CPU time, see `arena.budget`);
-- kills the tree when the wall limit has passed.
+- kills the tree when the wall limit has passed; with `wall_load_adjusted` (CPU
+  slots) wall time counts at the share of a core the machine could give a runnable
+  thread (cores / runnable threads, from /proc/loadavg, at most 1), so a run starved by
+  a busy machine is not killed for it while a sleeper still is.
 Killing is SIGTERM to the process group, a grace period, then SIGKILL to the group and
 to every remaining descendant. Whatever way the command ends, leftover descendants are
 killed and reaped before the supervisor reports. SIGTERM to the supervisor itself
@@ -54,6 +57,7 @@ import psutil
 
 from arena.sandbox import SCRATCH_MOUNTS
 
+CPUS = len(os.sched_getaffinity(0))
 PR_SET_CHILD_SUBREAPER = 36
 PR_SET_PDEATHSIG = 1
 TICK_S = 0.1
@@ -207,6 +211,17 @@ def _tree_cpu() -> float:
     return total
 
 
+def _machine_share() -> float:
+    """The share of a core the machine can give a runnable thread now: 1 while there
+    are no more runnable threads than cores, less on an oversubscribed machine."""
+    try:
+        with open("/proc/loadavg") as f:
+            runnable = int(f.read().split()[3].split("/")[0])
+    except (OSError, ValueError, IndexError):
+        return 1.0
+    return min(1.0, CPUS / max(1, runnable))
+
+
 def _kill_all(sig: int) -> int:
     n = 0
     for p in _descendants():
@@ -329,6 +344,8 @@ def supervise(spec: dict) -> SupervisorResult:
     pump.start()
     pgid = proc.pid
     wall_limit = float(spec["wall_limit_s"])
+    load_adjusted = bool(spec.get("wall_load_adjusted", False))
+    wall_counted, last_tick = 0.0, start
     cpu_limit = spec.get("cpu_limit_s")
     cpu_used = 0.0
     cpu_killed = False
@@ -370,10 +387,12 @@ def supervise(spec: dict) -> SupervisorResult:
         pss = min(pss, rss)
         tree_peak = max(tree_peak, (pss + scratch) / 2**20)
         gpu_peak = max(gpu_peak, gpu.sample())
+        wall_counted += (now - last_tick) * (_machine_share() if load_adjusted else 1.0)
+        last_tick = now
         if killing_since is None:
             if cancelled:
                 killing_since = now
-            elif now - start > wall_limit:
+            elif wall_counted > wall_limit:
                 timed_out, killing_since = True, now
             elif tree_peak * 2**20 > mem_limit:
                 mem_killed, killing_since = True, now

@@ -104,7 +104,8 @@ def test_runtime_warns_when_torch_was_loaded_with_spinning_threads(tmp_path):
 # -- the supervisor's CPU measurement and limit ---------------------------------------
 
 
-def supervise(tmp_path: Path, code: str, wall_limit_s: float, cpu_limit_s: float | None) -> dict:
+def supervise(tmp_path: Path, code: str, wall_limit_s: float, cpu_limit_s: float | None,
+              load_adjusted: bool = False) -> dict:
     spec = {
         "argv": [sys.executable, "-c", textwrap.dedent(code)],
         "cwd": str(tmp_path),
@@ -112,6 +113,7 @@ def supervise(tmp_path: Path, code: str, wall_limit_s: float, cpu_limit_s: float
         "log_path": str(tmp_path / "run.log"),
         "wall_limit_s": wall_limit_s,
         "cpu_limit_s": cpu_limit_s,
+        "wall_load_adjusted": load_adjusted,
         "mem_limit_mb": 2048,
         "term_grace_s": 1.0,
     }
@@ -157,7 +159,8 @@ def test_supervisor_kills_at_the_cpu_limit_and_not_a_sleeper(tmp_path):
     report = supervise(tmp_path, BURN + "burn(60)\n", wall_limit_s=300, cpu_limit_s=1.0)
     assert report["cpu_killed"] and not report["timed_out"]
     assert 1.0 < report["cpu_seconds"] < 10.0
-    sleeper = supervise(tmp_path, "import time\ntime.sleep(60)\n", wall_limit_s=2, cpu_limit_s=1.0)
+    sleeper = supervise(tmp_path, "import time\ntime.sleep(60)\n", wall_limit_s=2, cpu_limit_s=1.0,
+                        load_adjusted=True)  # a sleeper is not starved: its wall time counts
     assert sleeper["timed_out"] and not sleeper["cpu_killed"]
     assert sleeper["cpu_seconds"] < 1.0
 
@@ -221,6 +224,13 @@ def test_classification_of_overruns(tmp_path):
                                     False)
     assert status is Status.TIMEOUT
     assert msg.startswith("killed at the wall limit of 60 s (4 x (budget 10 s")
+    assert "counted at the share of a core the machine could give it" in msg
+
+
+def test_machine_share_is_a_fraction_of_a_core():
+    from arena.supervise import _machine_share
+
+    assert 0.0 < _machine_share() <= 1.0
 
 
 # -- the stored figure --------------------------------------------------------------

@@ -46,10 +46,12 @@ class EditError(ValueError):
     """A reply could not be turned into a valid train.py; the message is one line that
     can be shown to the model and stored as the `invalid_edit` reason."""
 
-    def __init__(self, message: str, unmatched_block: int | None = None, hypothesis: str = "") -> None:
+    def __init__(self, message: str, unmatched_block: int | None = None, hypothesis: str = "",
+                 no_blocks: bool = False) -> None:
         super().__init__(message)
-        self.unmatched_block = unmatched_block  # 1-based, for search_replace repairs
+        self.unmatched_block = unmatched_block  # 1-based: the block that matched nowhere or several places
         self.hypothesis = hypothesis  # what the reply said it tried, when that much parsed
+        self.no_blocks = no_blocks  # the reply holds no SEARCH/REPLACE block at all
 
 
 # ---------------------------------------------------------------------------
@@ -136,7 +138,7 @@ def parse_search_replace(reply: str) -> list[SearchReplaceBlock]:
         blocks.append(SearchReplaceBlock(n, "\n".join(search), "\n".join(replace), filename))
         i = k + 1
     if not blocks:
-        raise EditError("reply has no <<<<<<< SEARCH / ======= / >>>>>>> REPLACE block")
+        raise EditError("reply has no <<<<<<< SEARCH / ======= / >>>>>>> REPLACE block", no_blocks=True)
     return blocks
 
 
@@ -146,7 +148,7 @@ def _leading_ws(line: str) -> str:
 
 def _apply_one(source: str, block: SearchReplaceBlock) -> str:
     if not block.search.strip():
-        raise EditError(f"{block.label()} has an empty SEARCH part", block.index)
+        raise EditError(f"{block.label()} has an empty SEARCH part")
     # 1. exact
     count = source.count(block.search)
     if count == 1:
@@ -193,7 +195,7 @@ def apply_search_replace(source: str, blocks: list[SearchReplaceBlock]) -> str:
     """Apply blocks in order; raises EditError naming the first block that fails."""
     for b in blocks:
         if b.filename and b.filename.replace("\\", "/").removeprefix("./") != TARGET_FILE:
-            raise EditError(f"{b.label()} edits {b.filename}; only {TARGET_FILE} may be edited", b.index)
+            raise EditError(f"{b.label()} edits {b.filename}; only {TARGET_FILE} may be edited")
     for b in blocks:
         source = _apply_one(source, b)
     return source

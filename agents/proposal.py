@@ -101,6 +101,7 @@ class InvalidEdit:
     raw_reply: str = ""
     hypothesis: str = ""
     refusals: tuple[Refusal, ...] = ()  # as in Proposal; the last one is why, when refused
+    unmatched_block: int | None = None  # a SEARCH block that matched nowhere or several places
 
 
 class Proposer(Protocol):

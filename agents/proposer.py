@@ -201,7 +201,7 @@ class LLMProposer:
                 try:
                     blocks = parse_search_replace(reply)
                 except EditError as no_blocks:
-                    if "no <<<<<<< SEARCH" not in str(no_blocks) or "```" not in reply:
+                    if not no_blocks.no_blocks or "```" not in reply:
                         raise
                     child = parse_whole_file(reply)  # whole-file fallback
                     used = "whole_file"
@@ -211,7 +211,8 @@ class LLMProposer:
             validate_train_py(base, child)
         except EditError as e:
             hypothesis = hypothesis or e.hypothesis
-            return InvalidEdit(ctx.parent_commit, persona.name, model, str(e), reply[:20000], hypothesis)
+            return InvalidEdit(ctx.parent_commit, persona.name, model, str(e), reply[:20000], hypothesis,
+                               unmatched_block=e.unmatched_block)
         except Exception as e:  # a bug in parsing must not lose the reply or stop the run
             log.exception("unexpected error while parsing a reply from %s", model)
             return InvalidEdit(
@@ -238,10 +239,7 @@ class LLMProposer:
     def _repairable(result: InvalidEdit, fmt: str) -> bool:
         """Worth one repair round trip: a SEARCH part that did not match, or (JSON formats,
         whose replies a grammar keeps well-formed) a value the file refuses."""
-        if fmt in ("knobs", "moves"):
-            return True
-        r = result.reason
-        return ("does not match" in r) or ("matches " in r and " places in " in r)
+        return fmt in ("knobs", "moves") or result.unmatched_block is not None
 
     def _call(self, persona: Persona, messages: list[dict[str, str]], fmt: str, base: str) -> str:
         response_format = None

@@ -74,7 +74,9 @@ def test_the_digest_of_a_simulated_run_reads_git_and_keeps_to_an_archive_version
     loop, store, repo, arena = simulated_loop(tmp_path / "run", cfg)
     try:
         loop.run()
-        read = lambda c: repo.read_file(c, "train.py")
+        def read(c):
+            return repo.read_file(c, "train.py")
+
         now = memory.digest(store, read, parent_id="root")
         first = memory.digest(store, read, parent_id="root", as_of=1)
         trials = memory.trials(store, read)

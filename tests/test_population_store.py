@@ -5,8 +5,9 @@ from __future__ import annotations
 import sqlite3
 
 import pytest
+from conftest import evaluated_run
 
-from arena.records import RunResult, Status
+from arena.records import Status
 from population.store import (
     MIGRATIONS,
     Candidate,
@@ -21,11 +22,6 @@ from population.store import (
 def _cand(cid: str = "c1", status: Status = Status.PROPOSED) -> Candidate:
     return Candidate(id=cid, generation=1, idx=int(cid[1:]), parent_id=None, persona="tuner", status=status,
                      archive_version=0, commit="abc")
-
-
-def _ok(cid: str, seed: int, val: float = 1.0) -> RunResult:
-    return RunResult(cid, "abc", seed, Status.EVALUATED, val_bpb=val, peak_mem_mb=100.0,
-                     device_type="cpu", device_name="test cpu")
 
 
 def test_new_store_records_migrations_and_uses_wal(tmp_path):
@@ -77,14 +73,14 @@ def test_a_finished_evaluation_cannot_be_recorded_twice_but_interrupted_ones_are
     with Store.open(store_path(tmp_path)) as s:
         s.add_candidate(_cand())
         e1 = s.start_evaluation("c1", 0, 1, "initial")
-        s.finish_evaluation(e1, _ok("c1", 0, 1.23))
+        s.finish_evaluation(e1, evaluated_run("c1", 0, 1.23))
         with pytest.raises(sqlite3.IntegrityError):
             s.start_evaluation("c1", 0, 1, "initial")
         s.start_evaluation("c1", 1, 1, "initial")
         interrupted = s.interrupt_running()
         assert [(e.candidate_id, e.seed) for e in interrupted] == [("c1", 1)]
         e3 = s.start_evaluation("c1", 1, 1, "initial")  # the redo
-        s.finish_evaluation(e3, _ok("c1", 1, 1.25))
+        s.finish_evaluation(e3, evaluated_run("c1", 1, 1.25))
         done = s.evaluations("c1")
         assert [(e.seed, e.val_bpb, e.device_type, e.device_name) for e in done] == [
             (0, 1.23, "cpu", "test cpu"), (1, 1.25, "cpu", "test cpu")]

@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import evaluated_run
 from textual.widgets import DataTable
 
 from arena.execute import run_name
@@ -33,9 +34,8 @@ CRASH_LOG = "step 1 loss 3.2\nstep 2 loss nan\nTraceback: boom\n"
 
 
 def _result(cid: str, commit: str, seed: int, val: float, mem: float, log_path: str = "") -> RunResult:
-    return RunResult(cid, commit, seed, Status.EVALUATED, val_bpb=val, test_bpb=val + 0.01, peak_mem_mb=mem,
-                     training_seconds=30.0, wall_seconds=40.0, device_type="cpu", device_name="test cpu",
-                     log_path=log_path)
+    return evaluated_run(cid, seed, val, mem, commit=commit, test_bpb=val + 0.01, training_seconds=30.0,
+                         wall_seconds=40.0, log_path=log_path)
 
 
 def _mean_sd(runs: list[tuple[int, float, float]]) -> tuple[float, float, float]:

@@ -6,15 +6,11 @@ import shutil
 import statistics
 
 import pytest
+from conftest import evaluated_run
 
 from arena.records import RunResult, Status
 from population.store import Candidate, Store, store_path
 from tui.snapshot import candidate_log, read_snapshot
-
-
-def _run(cid: str, seed: int, val: float, mem: float, device: str = "cpu", log_path: str = "") -> RunResult:
-    return RunResult(cid, "abc", seed, Status.EVALUATED, val_bpb=val, peak_mem_mb=mem, device_type=device,
-                     log_path=log_path)
 
 
 def test_scores_count_successful_runs_on_the_primary_device_only(tmp_path):
@@ -26,7 +22,7 @@ def test_scores_count_successful_runs_on_the_primary_device_only(tmp_path):
                                            (2, "race", 1.04, "cpu"), (3, "pair", 1.06, "cpu"),
                                            (4, "rescore", 0.50, "cuda")]:
             e = s.start_evaluation("c1", seed, 1, purpose)
-            s.finish_evaluation(e, _run("c1", seed, val, 100.0 + seed, device))
+            s.finish_evaluation(e, evaluated_run("c1", seed, val, 100.0 + seed, device=device))
         e = s.start_evaluation("c1", 6, 1, "race")
         s.finish_evaluation(e, RunResult("c1", "abc", 6, Status.CRASHED, message="boom", device_type="cpu"))
         s.start_evaluation("c1", 5, 1, "race")  # in flight
@@ -49,7 +45,7 @@ def test_provisional_noise_floor_from_the_roots_runs_before_the_loop_stores_one(
                                   status=Status.PROPOSED, archive_version=-1))
         for seed, val in enumerate([1.0, 1.1]):
             e = s.start_evaluation("root", seed, 0, "root")
-            s.finish_evaluation(e, _run("root", seed, val, 200.0))
+            s.finish_evaluation(e, evaluated_run("root", seed, val, 200.0))
     status = read_snapshot(tmp_path).status
     assert status.noise_provisional
     assert status.noise.n_seeds == 2
@@ -66,7 +62,7 @@ def test_candidate_log_follows_a_moved_run_directory(tmp_path):
         s.add_candidate(Candidate(id="c1", generation=1, idx=0, parent_id=None, persona="tuner",
                                   status=Status.PROPOSED, archive_version=0))
         e = s.start_evaluation("c1", 0, 1, "initial")
-        s.finish_evaluation(e, _run("c1", 0, 1.0, 100.0, log_path=str(log)))
+        s.finish_evaluation(e, evaluated_run("c1", 0, 1.0, 100.0, log_path=str(log)))
     assert candidate_log(old, read_snapshot(old).evaluations["c1"]) == log
     new = tmp_path / "new"
     shutil.move(old, new)

@@ -26,6 +26,8 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlparse
 
+from arena.errors import EvolveError
+
 log = logging.getLogger(__name__)
 
 
@@ -53,7 +55,7 @@ class LLMReply:
     attempts: int
 
 
-class LLMError(RuntimeError):
+class LLMError(EvolveError, RuntimeError):
     """Base of this module's errors."""
 
 

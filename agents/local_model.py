@@ -38,6 +38,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import Self
 
+from arena.errors import EvolveError
+
 log = logging.getLogger(__name__)
 
 
@@ -73,7 +75,7 @@ DEFAULT_EMBEDDED_MODEL = "qwen2.5-coder-0.5b"
 LOCAL_MODEL_CHOICES = {"small": "qwen2.5-coder-0.5b", "large": "qwen2.5-coder-1.5b"}
 
 
-class EmbeddedModelError(RuntimeError):
+class EmbeddedModelError(EvolveError, RuntimeError):
     """The embedded model cannot be assembled or served; the message names the fix."""
 
 

@@ -58,6 +58,8 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, fields, replace
 
+from arena.errors import EvolveError
+
 log = logging.getLogger(__name__)
 
 EDIT_FORMATS = ("search_replace", "whole_file", "knobs", "moves")
@@ -65,7 +67,7 @@ RANDOM_MODEL = "random"  # a persona with this model proposes random moves, no L
 PARENT_PREFERENCES = ("best", "frontier", "failed")
 
 
-class PersonaConfigError(ValueError):
+class PersonaConfigError(EvolveError, ValueError):
     """program.md's persona settings are invalid; the message names the key."""
 
 

@@ -51,6 +51,7 @@ from typing import Any, Self
 
 from arena.budget import Limits, StartupCalibration
 from arena.devices import Slot, cpu_name, detect_slots
+from arena.errors import EvolveError
 from arena.execute import ArenaConfig, execute_run, note_text, run_name
 from arena.local import check_data_dir
 from arena.protocol import ArenaClosed
@@ -67,7 +68,7 @@ BOARD_TIMEOUT_S = 5.0  # one question to the board; a slow answer is asked again
 CLOSE_WAIT_S = 120.0  # close(): how long cancelled tasks get to clean up
 
 
-class DataMismatch(RuntimeError):
+class DataMismatch(EvolveError, RuntimeError):
     """A data file on a worker node does not match the head's hash."""
 
 

@@ -28,6 +28,8 @@ from pathlib import Path
 
 import git
 
+from arena.errors import EvolveError
+
 log = logging.getLogger(__name__)
 
 ROOT_FILES = ("train.py", "prepare.py", "program.md")
@@ -51,7 +53,7 @@ def _locked(method: Callable) -> Callable:
     return wrapper
 
 
-class RepoError(RuntimeError):
+class RepoError(EvolveError, RuntimeError):
     """A git operation on the experiment repository failed (message says which)."""
 
 

@@ -52,6 +52,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from arena.errors import EvolveError
+
 log = logging.getLogger(__name__)
 
 ETC_FILES = (
@@ -75,7 +77,7 @@ SCRATCH_MOUNTS = ("/tmp", "/dev/shm")
 SCRATCH_SHARE = 4  # each scratch mount holds at most mem_limit_mb / SCRATCH_SHARE
 
 
-class UnsealedData(ValueError):
+class UnsealedData(EvolveError, ValueError):
     """The data cache does not say where its text came from, so the sandbox cannot
     hide the sources of its evaluation splits."""
 

@@ -36,27 +36,27 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from arena.errors import EvolveError
 from population.display import one_line
 from population.narrate import Narrator
-from population.program import ProgramConfig, ProgramError, parse_program
+from population.program import ProgramConfig, parse_program
+from population.rundirs import DEFAULT_RUNS, latest_run_dir
 from population.settings import (
     RunSettings,
-    SettingsError,
     new_settings,
     program_fields,
     resume_settings,
     stored_settings,
 )
-from population.store import Store, StoreError, store_path
+from population.store import Store, store_path
 
 log = logging.getLogger(__name__)
 
 SUBCOMMANDS = ("status", "report", "export", "prepare", "tui")
-DEFAULT_RUNS = Path("runs")
 SIM_PERSONAS = ["explorer", "tuner"]
 
 
-class CLIError(Exception):
+class CLIError(EvolveError):
     """A user-facing error (printed on one line, exit code 1)."""
 
 
@@ -75,13 +75,6 @@ def default_program_md() -> str:
         if candidate.is_file():
             return candidate.read_text(encoding="utf-8")
     raise CLIError("no program.md here or in the project root; pass --program PATH")
-
-
-def latest_run_dir(runs: Path = DEFAULT_RUNS) -> Path:
-    found = sorted((p for p in runs.glob("*") if store_path(p).exists()), key=lambda p: store_path(p).stat().st_mtime)
-    if not found:
-        raise CLIError(f"no run under {runs}/; pass --run-dir DIR")
-    return found[-1]
 
 
 # -- the run ----------------------------------------------------------------------------------
@@ -481,20 +474,6 @@ def build_parser() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
     return run, sub
 
 
-def _errors() -> tuple[type[BaseException], ...]:
-    errors: list[type[BaseException]] = [CLIError, ProgramError, StoreError, SettingsError]
-    for mod, names in (("population.loop", ["LoopError"]), ("population.export", ["ExportError"]),
-                       ("population.preflight", ["PreflightError"]), ("population.report", ["ReportError"]),
-                       ("arena.repo", ["RepoError"]), ("agents.personas", ["PersonaConfigError"]),
-                       ("agents.llm", ["LLMError"]), ("agents.local_model", ["EmbeddedModelError"])):
-        try:
-            module = __import__(mod, fromlist=names)
-        except ImportError:
-            continue
-        errors.extend(getattr(module, n) for n in names if hasattr(module, n))
-    return tuple(errors)
-
-
 def main(argv: list[str] | None = None) -> int:
     """The `evolve` command. An interrupted run (Ctrl-C, SIGTERM) stops its runs, removes
     its temporary files, records where it stood and exits at once, even when a proposer
@@ -516,7 +495,7 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, _interrupt)
     try:
         code = handler(args)
-    except _errors() as exc:
+    except EvolveError as exc:
         print(f"evolve: error: {one_line(exc)}", file=sys.stderr)
         code = 1
     except KeyboardInterrupt:

@@ -23,6 +23,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
+from arena.errors import EvolveError
 from arena.records import Status
 from population import noise
 from population.archive import Constraints, ParetoArchive
@@ -35,7 +36,7 @@ MEM_MARGIN_REL = 0.02  # a memory saving must exceed 2% of the root's peak memor
 FALL_OUT_P = 0.5  # a re-scored member falls out once it is more likely no better than better
 
 
-class LoopError(Exception):
+class LoopError(EvolveError):
     """The loop cannot go on (the message says why)."""
 
 

@@ -32,6 +32,7 @@ from pathlib import Path
 
 import git
 
+from arena.errors import EvolveError
 from arena.repo import ExperimentRepo
 from population.display import clean, one_line
 from population.report import ROOT_ID, lineage, scores, write_report
@@ -46,7 +47,7 @@ AUTHOR = "evolve <evolve@localhost>"
 MAX_SUBJECT = 900  # mail header lines stay under 998 characters
 
 
-class ExportError(Exception):
+class ExportError(EvolveError):
     """The export cannot be made (unknown candidate, nothing confirmed, bad format)."""
 
 

@@ -21,11 +21,13 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
+from arena.errors import EvolveError
+
 MIN_FREE_MB = 500  # checkpoints, logs and worktrees of a few runs at a time
 CONNECT_TIMEOUT_S = 3.0
 
 
-class PreflightError(Exception):
+class PreflightError(EvolveError):
     """A prerequisite of the run is missing; the message says what to do."""
 
 

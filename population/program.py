@@ -31,10 +31,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from arena.errors import EvolveError
+
 FENCE = "+++"
 
 
-class ProgramError(Exception):
+class ProgramError(EvolveError):
     """program.md cannot be used; the message names the file and line."""
 
     def __init__(self, message: str, section: str | None = None, key: str | None = None):

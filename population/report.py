@@ -27,6 +27,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from arena.errors import EvolveError
 from arena.records import FAILURES, Status
 from population.archive import Point
 from population.bandit import PersonaStats, choice_probabilities
@@ -39,7 +40,7 @@ KEPT = (Status.CONFIRMED,)
 GAP_GROWTH = 2.0  # a lineage's gap "grows" when it rose by this many noise-floor sds
 
 
-class ReportError(Exception):
+class ReportError(EvolveError):
     """The report cannot be made (nothing measured yet)."""
 
 

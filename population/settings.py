@@ -22,13 +22,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from arena.errors import EvolveError
 from population.program import ProgramConfig, parse_program
 from population.store import Store
 
 SIM_DEFAULTS = {"noise": 0.01, "run_seconds": 0.05, "slots": 2, "propose_seconds": 0.0}
 
 
-class SettingsError(Exception):
+class SettingsError(EvolveError):
     """A setting cannot be used (the message names the flag and what it must be)."""
 
 

@@ -28,6 +28,7 @@ from typing import Any, Self
 
 import sqlite_utils
 
+from arena.errors import EvolveError
 from arena.records import RunResult, Status, check_transition
 from population.migrations import MIGRATIONS
 
@@ -48,7 +49,7 @@ class Purpose(str, Enum):
 CHILD_PURPOSES = frozenset({Purpose.INITIAL, Purpose.RACE})
 
 
-class StoreError(Exception):
+class StoreError(EvolveError):
     """Base class of the store's named errors (the CLI prints them on one line)."""
 
 

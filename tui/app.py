@@ -237,11 +237,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     run_dir = args.run_dir
     if run_dir is None:
-        from population.cli import CLIError, latest_run_dir
+        from population.rundirs import NoRun, latest_run_dir
 
         try:
             run_dir = latest_run_dir()
-        except CLIError as exc:
+        except NoRun as exc:
             print(f"evolve tui: {exc}", file=sys.stderr)
             return 1
     return run(run_dir, args.interval)

@@ -25,6 +25,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from arena.errors import EvolveError
 from population.archive import ParetoArchive, Point
 from population.noise import NoiseFloor, noise_floor
 from population.report import pid_alive
@@ -36,7 +37,7 @@ log = logging.getLogger(__name__)
 ROOT_ID = "root"
 
 
-class TUIError(Exception):
+class TUIError(EvolveError):
     """The run directory cannot be shown (no store, not a store, another schema)."""
 
 

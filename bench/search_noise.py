@@ -26,7 +26,12 @@ lowest val_bpb estimate, as `evolve export --best`; greedy: its last kept commit
 many trials ended worse than the root, and in how many trials ours ended lower than
 that method.
 
+`--parents best` makes every persona of ours prefer the best member (Thompson) instead of
+half of them spreading children along the memory/quality front: the benchmark scores
+val_bpb only, as greedy does, so this shows what the two-objective archive costs here.
+
     python bench/search_noise.py [--trials 20] [--generations 10] [--population 6] [--sigma 0.02]
+                                 [--landscape both] [--parents personas|best] [--set FIELD=VALUE]
 """
 
 from __future__ import annotations
@@ -76,7 +81,8 @@ def truly_no_better(land: Landscape, child_py: str, parent_py: str) -> bool:
     return cv >= pv and cm >= pm
 
 
-def run_ours(cfg: ProgramConfig, land: Landscape, workdir: Path, preferences: dict[str, str] | None = None) -> TrialResult:
+def run_ours(cfg: ProgramConfig, land: Landscape, workdir: Path,
+             preferences: dict[str, str] | None = None) -> TrialResult:
     loop, store, repo, arena = simulated_loop(workdir, cfg, slots=SLOTS, salt=land.salt, landscape=land,
                                               preferences=preferences)
     try:

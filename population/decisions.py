@@ -20,20 +20,18 @@ What it does not do: schedule, talk to the arena or the proposers, or compute a 
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Callable
 
 from arena.records import Status
 from population import noise
-from population.archive import Constraints, ParetoArchive, Point
+from population.archive import Constraints, ParetoArchive
 from population.program import ProgramConfig
 from population.scoring import ROOT_ID, RacePolicy, Verdict
 from population.state import RunState
 from population.store import GenerationRecord, Purpose
 
 MEM_MARGIN_REL = 0.02  # a memory saving must exceed 2% of the root's peak memory
-SCREEN_P = 0.2  # a child whose first round gives P(no gain) <= this is a provisional parent
 FALL_OUT_P = 0.5  # a re-scored member falls out once it is more likely no better than better
 
 
@@ -84,16 +82,13 @@ class Decisions:
             for k in range(self.cfg.root_seeds):
                 unit((ROOT_ID, noise.root_seed(k), Purpose.ROOT))
             return units
-        shared: dict[int, list[tuple[str, int, Purpose]]] = {}  # seed -> the parent's control and its children
         for c in self.state.children(g):
             if c.commit is None or c.status not in (Status.PROPOSED, Status.RUNNING, Status.EVALUATED):
                 continue
             for r in range(self.rounds(c.id)):
-                s = noise.round_seed(g, self.seed_slot(c.id), r)
-                runs = shared.setdefault(s, [(c.parent_id or ROOT_ID, s, Purpose.PAIR)])
-                runs.append((c.id, s, Purpose.INITIAL if r < self.policy.initial else Purpose.RACE))
-        for s in sorted(shared):
-            unit(*shared[s])
+                s = noise.round_seed(g, c.idx, r)
+                unit((c.parent_id or ROOT_ID, s, Purpose.PAIR),
+                     (c.id, s, Purpose.INITIAL if r < self.policy.initial else Purpose.RACE))
         for k, cid in enumerate([] if children_only else self.rescore_members(g)):
             parent_id = self.state.cands[cid].parent_id or ROOT_ID
             for j in range(self.cfg.rescore_seeds):
@@ -105,52 +100,6 @@ class Decisions:
         e = self.state.evals.get(cid, {}).get(seed)
         return e is not None and e.finished
 
-    def screen(self, g: int) -> list[Point] | None:
-        """Provisional parents from generation g (ASHA-style): children whose first paired
-        round already makes a gain likely (P(no gain) <= `SCREEN_P`), scored on that round
-        alone (their parent's estimate at the version they saw plus the posterior mean).
-        None until every child of g has its first round, so the answer is a pure function
-        of the store and never of timing. A provisional parent that later fails its race
-        keeps its children: each of them is judged against it, paired."""
-        st = self.state
-        children = st.children(g)
-        if len(children) < self.cfg.population:
-            return None
-        sc = st.scorer()
-        out = []
-        for c in children:
-            if c.status in (Status.INVALID_EDIT, Status.GUARD_REFUSED):
-                continue  # never ran (decided before any run)
-            if c.commit is None:
-                return None
-            parent = c.parent_id or ROOT_ID
-            s = noise.round_seed(g, self.seed_slot(c.id), 0)
-            if not self._finished(c.id, s):
-                return None
-            if not st.evals[c.id][s].ok:
-                continue  # failed on its first round
-            if not self._finished(parent, s):
-                return None
-            pair = [p for p in sc.pairs(c.id, g) if p[0] == s]
-            base = sc.score(parent, c.archive_version)
-            if not pair or base is None:
-                continue
-            model = sc.model(c.archive_version)
-            post = sc.gain_of((pair[0][1],), model)
-            if post.p_no_gain <= SCREEN_P:
-                mem = float(st.evals[c.id][s].peak_mem_mb)  # type: ignore[arg-type]
-                out.append(Point(c.id, base.val_bpb + post.mean, mem, 0.0, 1, math.hypot(base.val_bpb_se, post.sd)))
-        return out
-
-    def seed_slot(self, cid: str) -> int:
-        """The seed-plan slot of child `cid`: the lowest index among the children of its
-        generation with the same parent planned from the same archive version (so planned
-        together). Siblings share their round seeds, and one control run of the parent on
-        each seed serves all of them (the runs start together, one unit)."""
-        c = self.state.cands[cid]
-        return min(o.idx for o in self.state.children(c.generation)
-                   if o.parent_id == c.parent_id and o.archive_version == c.archive_version)
-
     def rounds(self, cid: str) -> int:
         """Rounds child `cid` should have: the race verdict once its rounds so far are
         all finished (for it and its parent), else the rounds it already has."""
@@ -158,7 +107,7 @@ class Decisions:
         mine, theirs = self.state.evals.get(cid, {}), self.state.evals.get(c.parent_id or ROOT_ID, {})
         n = self.policy.initial
         while True:
-            seeds = [noise.round_seed(c.generation, self.seed_slot(cid), r) for r in range(n)]
+            seeds = [noise.round_seed(c.generation, c.idx, r) for r in range(n)]
             if not all(s in mine and s in theirs for s in seeds):
                 return n
             nxt = self.verdict(cid).rounds

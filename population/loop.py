@@ -107,7 +107,6 @@ class GenerationLoop:
         self.planner = Planner(self.state, config, self.personas, preferences or {}, crossover_personas or set(),
                                self.lookahead, self._train_py, getattr(repo, "lineage", None))
         self.decisions = Decisions(self.state, config)
-        self.planner.screen = self.decisions.screen
         self._inflight: dict[tuple[str, int], tuple[int, int]] = {}  # (candidate, seed) -> (evaluation id, tag)
         self._arena_errors: dict[tuple[str, int], int] = {}
         self._proposing: dict[str, Future] = {}

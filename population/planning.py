@@ -39,8 +39,7 @@ class Planner:
 
     def __init__(self, state: RunState, cfg: ProgramConfig, personas: list[str], preferences: dict[str, str],
                  crossover_personas: set[str], lookahead: int, read_train_py: Callable[[str], str],
-                 lineage: Callable[[str], Any] | None = None,
-                 screen: Callable[[int], list[Point] | None] | None = None):
+                 lineage: Callable[[str], Any] | None = None):
         self.state, self.cfg = state, cfg
         self.personas = personas
         self.preferences = preferences
@@ -48,7 +47,6 @@ class Planner:
         self.lookahead = lookahead
         self.read_train_py = read_train_py
         self.lineage = lineage
-        self.screen = screen
 
     def sees(self, g: int, idx: int) -> int:
         """The archive version child (g, idx) is planned from."""
@@ -65,13 +63,6 @@ class Planner:
             persona = choose_persona(self.persona_stats(v), random.Random(f"{self.cfg.seed}:persona:{g}:{idx}"),
                                      self.cfg.bandit_floor)
             members = [Point.from_row(r) for r in st.generation(v).archive]
-            if v == g - 2 and self.screen is not None:
-                # a lookahead child: the newest children that passed the first-round
-                # screen are parents too (provisional), once all their first rounds are in
-                provisional = self.screen(g - 1)
-                if provisional is None:
-                    return
-                members += provisional
             rng = random.Random(f"{self.cfg.seed}:parent:{g}:{idx}")
             prefers = self.preferences.get(persona, "frontier")
             ref = tuple(st.meta("reference"))
@@ -167,7 +158,7 @@ class Planner:
             lineage.append(LineageStep(
                 commit=a.commit or "", persona=a.persona, hypothesis=a.hypothesis,
                 val_bpb=p.val_bpb if p else None, val_bpb_std=p.val_bpb_std if p else None,
-                delta_vs_parent=delta, status=rec.statuses.get(a.id, "provisional"),
+                delta_vs_parent=delta, status=rec.statuses.get(a.id, a.status.value),
             ))
         failures = []
         for o in reversed(st.in_plan_order()):

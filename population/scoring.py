@@ -185,10 +185,6 @@ class Scorer:
         diffs = tuple(round(p[1], 12) for p in self.pairs(cid, upto))
         return _posterior(diffs, model.prior, model.pair_var)
 
-    def gain_of(self, diffs: tuple[float, ...], model: NoiseModel) -> noise.Posterior:
-        """The posterior of a gain given these paired differences under `model`."""
-        return _posterior(tuple(round(d, 12) for d in diffs), model.prior, model.pair_var)
-
     def race(self, cid: str, policy: RacePolicy, mem_margin: float) -> Verdict:
         """The verdict on child `cid` given its pairs so far, judged with the noise model
         of the archive version it saw (fixed while it races)."""

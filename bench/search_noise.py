@@ -26,7 +26,12 @@ lowest val_bpb estimate, as `evolve export --best`; greedy: its last kept commit
 many trials ended worse than the root, and in how many trials ours ended lower than
 that method.
 
+`--parents best` makes every persona of ours prefer the best member (Thompson) instead of
+half of them spreading children along the memory/quality front: the benchmark scores
+val_bpb only, as greedy does, so this shows what the two-objective archive costs here.
+
     python bench/search_noise.py [--trials 20] [--generations 10] [--population 6] [--sigma 0.02]
+                                 [--landscape both] [--parents personas|best] [--set FIELD=VALUE]
 """
 
 from __future__ import annotations
@@ -76,8 +81,10 @@ def truly_no_better(land: Landscape, child_py: str, parent_py: str) -> bool:
     return cv >= pv and cm >= pm
 
 
-def run_ours(cfg: ProgramConfig, land: Landscape, workdir: Path) -> TrialResult:
-    loop, store, repo, arena = simulated_loop(workdir, cfg, slots=SLOTS, salt=land.salt, landscape=land)
+def run_ours(cfg: ProgramConfig, land: Landscape, workdir: Path,
+             preferences: dict[str, str] | None = None) -> TrialResult:
+    loop, store, repo, arena = simulated_loop(workdir, cfg, slots=SLOTS, salt=land.salt, landscape=land,
+                                              preferences=preferences)
     try:
         loop.run()
         cands = {c.id: c for c in store.candidates()}
@@ -154,6 +161,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--population", type=int, default=6)
     ap.add_argument("--sigma", type=float, default=0.02, help="val_bpb noise std (single run, stationary part)")
     ap.add_argument("--landscape", choices=["stationary", "load", "both"], default="both")
+    ap.add_argument("--parents", choices=["personas", "best"], default="personas",
+                    help="ours: parents as the personas prefer (explorer: the memory/quality front, tuner: the "
+                         "best) or every persona preferring the best (val_bpb only, as greedy)")
     ap.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                     help="override a ProgramConfig field of ours, e.g. --set max_seeds=3 (default: program.md's)")
     args = ap.parse_args(argv)
@@ -171,7 +181,7 @@ def main(argv: list[str] | None = None) -> int:
           f"ours: {args.generations} generations x {args.population} children, {SLOTS} slots, seeds root "
           f"{cfg.root_seeds} / initial {cfg.initial_seeds} / max {cfg.max_seeds}, accept_p {cfg.accept_p}, "
           f"futility_p {cfg.futility_p}, rescore every {cfg.rescore_every}, lookahead {cfg.lookahead}"
-          f"{' (overrides: ' + ', '.join(args.set) + ')' if args.set else ''}; "
+          f"{' (overrides: ' + ', '.join(args.set) + ')' if args.set else ''}; parents: {args.parents}; "
           "greedy rows get exactly as many runs as ours, trial by trial")
     t0 = time.time()
     with tempfile.TemporaryDirectory(prefix="search-noise-") as tmp:
@@ -181,7 +191,9 @@ def main(argv: list[str] | None = None) -> int:
                   "no better | final true val_bpb | gain vs root | ended worse than root | ours lower in |")
             print("|---|---|---|---|---|---|---|---|---|")
             lands = [landscape(kind, args.sigma, salt) for salt in range(args.trials)]
-            ours = [run_ours(dataclasses.replace(cfg), land, Path(tmp) / f"{kind}-{land.salt}") for land in lands]
+            prefs = {"explorer": "best", "tuner": "best"} if args.parents == "best" else None
+            ours = [run_ours(dataclasses.replace(cfg), land, Path(tmp) / f"{kind}-{land.salt}", prefs)
+                    for land in lands]
             fresh = [run_greedy(r.evaluations, land, fixed_seed=False) for r, land in zip(ours, lands)]
             fixed = [run_greedy(r.evaluations, land, fixed_seed=True) for r, land in zip(ours, lands)]
             print(row("ours", ours, ours, root_true))

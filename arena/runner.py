@@ -38,7 +38,7 @@ from arena.budget import Limits
 from arena.devices import Slot
 from arena.guards import scrub_env
 from arena.records import Status
-from arena.sandbox import Sandbox
+from arena.sandbox import BWRAP_ENV, Sandbox
 from arena.supervise import SupervisorResult
 from prepare import CPU_THREAD_ENV
 
@@ -496,7 +496,7 @@ def evaluate(
         "--mem-limit-mb",
         str(sandbox.mem_limit_mb),
         "--sandbox",
-        {None: "auto", True: "on", False: "off"}[sandbox.use_bwrap],
+        "on" if sandbox.bwrap else "off",  # the evaluator confines its worker as training was
         "--timeout-s",
         str(eval_timeout_s),
     ]
@@ -508,6 +508,7 @@ def evaluate(
             "PYTHONDONTWRITEBYTECODE": "1",
             "HOME": str(out_dir / "home"),
             "OMP_NUM_THREADS": str(slot.threads),
+            BWRAP_ENV: sandbox.bwrap or "",  # the same bubblewrap as training's
         }
     )
     # The evaluator is trusted code: its address space is not capped (it forwards the

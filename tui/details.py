@@ -102,7 +102,7 @@ def describe(row: CandidateRow, evals: tuple[Evaluation, ...]) -> Text:
         t.append("(none yet)\n")
     for e in sorted(evals, key=lambda e: e.id):
         when = time.strftime("%H:%M:%S", time.localtime(e.started_at)) if e.started_at else ""
-        t.append(f"  {when} seed {e.seed:<6} {e.purpose:<8} {e.status:<14} val_bpb {_f(e.val_bpb, '.4f'):<8} "
+        t.append(f"  {when} seed {e.seed:<6} {e.purpose.value:<8} {e.status:<14} val_bpb {_f(e.val_bpb, '.4f'):<8} "
                  f"mem {_f(e.peak_mem_mb, '.0f'):>6} MB  train {_f(e.training_seconds, '.0f')} s  "
                  f"{e.device_type} {e.device_name}\n")
         if e.status not in ("evaluated", "running") and e.message:

@@ -30,7 +30,7 @@ PRETRAIN = TINY_TRAIN.replace(
     budget = os.environ.get("EVOLVE_BUDGET_S")
     if budget:  # training, not the evaluator: train before the clock exists
         opt = torch.optim.AdamW(model.parameters(), lr=LEARNING_RATE)
-        loader = prepare.TrainLoader(BATCH_SIZE, SEQ_LEN, seed=1)
+        loader = prepare.TrainLoader(BATCH_SIZE, SEQ_LEN, seed=prepare.runtime().seed + 1)
         end = time.process_time() + 3 * float(budget)
         while time.process_time() < end:
             x, y = next(loader)

@@ -175,9 +175,11 @@ def test_no_visible_file_holds_the_evaluation_text_in_either_sandbox(kjv, tmp_pa
         "model worker": Path(result.log_path.replace(".log", ".eval.log")).read_text(),
     }
     for where, text in logs.items():
+        # training scans once; the evaluator's scorer and its fresh checker each import train.py
         lines = [ln for ln in text.splitlines() if ln.startswith("SEALSCAN ")]
-        assert len(lines) == 1, (where, text[-3000:])
-        scan = json.loads(lines[0].removeprefix("SEALSCAN "))
-        assert scan["files"] > MIN_FILES_SEEN, (where, scan)  # it did see the whole view
-        assert scan["hits"] == [], (where, scan["hits"])
+        assert len(lines) == (1 if where == "training" else 2), (where, text[-3000:])
+        for line in lines:
+            scan = json.loads(line.removeprefix("SEALSCAN "))
+            assert scan["files"] > MIN_FILES_SEEN, (where, scan)  # it did see the whole view
+            assert scan["hits"] == [], (where, scan["hits"])
     assert "SEALSCAN-CONTEXT train" in logs["model worker"]

@@ -243,18 +243,9 @@ class LLMProposer:
 
     def _call(self, persona: Persona, messages: list[dict[str, str]], fmt: str, base: str) -> str:
         response_format = None
-        if fmt == "moves":
+        if fmt in ("moves", "knobs"):
             try:
-                schema = moves.schema(base)
-            except EditError:
-                schema = None
-            if schema is not None and is_local_base(persona.api_base):
-                response_format = {"type": "json_object", "schema": schema}
-            elif supports_json_mode(persona.model or ""):
-                response_format = {"type": "json_object"}
-        elif fmt == "knobs":
-            try:
-                schema = knob_schema(find_knobs(base))
+                schema = moves.schema(base) if fmt == "moves" else knob_schema(find_knobs(base))
             except EditError:
                 schema = None
             if schema is not None and is_local_base(persona.api_base):

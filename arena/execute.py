@@ -28,6 +28,7 @@ from pathlib import Path
 from arena.budget import WALL_FACTOR, Limits
 from arena.devices import Slot
 from arena.guards import check_safety
+from arena.progress import curve, parse_progress, read_log
 from arena.records import RunOutcome, RunRequest, RunResult, Status, unmeasured
 from arena.repo import ExperimentRepo
 from arena.runner import RunHandle, run_candidate
@@ -168,6 +169,7 @@ def execute_run(
         if not config.keep_outputs:
             shutil.rmtree(out_dir, ignore_errors=True)
     claimed = dict(outcome.claimed or {})
+    claimed["progress"] = curve(parse_progress(read_log(log_path)))  # claims, for the evaluation cascade
     # run_candidate gives status PROPOSED exactly when the arena cancelled the run
     cancelled = outcome.status is Status.PROPOSED
     result = RunResult(

@@ -21,7 +21,8 @@ from typing import Self
 
 from arena.budget import StartupCalibration
 from arena.devices import Slot, detect_slots
-from arena.execute import ArenaConfig, execute_run
+from arena.execute import ArenaConfig, execute_run, run_name
+from arena.progress import RunProgress, parse_progress, read_live_memory, read_log
 from arena.protocol import ArenaClosed
 from arena.records import RunOutcome, RunRequest, RunResult, unmeasured
 from arena.repo import ExperimentRepo
@@ -84,6 +85,7 @@ class LocalArena:
         self._queue: collections.deque[RunRequest] = collections.deque()
         self._free: list[Slot] = list(self.slots)
         self._running: dict[int, tuple[RunRequest, RunHandle, threading.Thread]] = {}
+        self._logs: dict[int, Path] = {}  # run id -> its log, while it runs
         self._results: queue.Queue[RunResult] = queue.Queue()
         self._closed = False
         self._next_id = 0
@@ -122,26 +124,42 @@ class LocalArena:
             pass
         return out
 
-    def cancel(self, candidate_id: str) -> int:
-        """Cancel every queued and running run of `candidate_id`; each still gives a
-        CANCELLED result. Returns how many were cancelled."""
+    def cancel(self, candidate_id: str, seed: int | None = None) -> int:
+        """Cancel every queued and running run of `candidate_id` (only the one on `seed`
+        when given); each still gives a CANCELLED result. Returns how many were cancelled."""
+        def hit(req: RunRequest) -> bool:
+            return req.candidate_id == candidate_id and seed in (None, req.seed)
+
         n = 0
         with self._cond:
             if self._closed:
                 return 0
             keep: collections.deque[RunRequest] = collections.deque()
             for req in self._queue:
-                if req.candidate_id == candidate_id:
+                if hit(req):
                     self._results.put(self._cancelled(req))
                     n += 1
                 else:
                     keep.append(req)
             self._queue = keep
             for req, handle, _ in self._running.values():
-                if req.candidate_id == candidate_id:
+                if hit(req):
                     handle.cancel()
                     n += 1
         return n
+
+    def progress(self) -> dict[tuple[str, int], RunProgress]:
+        """The progress lines each running run has written to its log so far, and the
+        peak memory its supervisor has measured."""
+        with self._cond:
+            running = [(req, self._logs[run_id]) for run_id, (req, _, _) in self._running.items()
+                       if run_id in self._logs]
+        out = {}
+        for req, path in running:
+            points = parse_progress(read_log(path))
+            if points:
+                out[(req.candidate_id, req.seed)] = RunProgress(points, read_live_memory(path))
+        return out
 
     def free_slots(self) -> int:
         with self._cond:
@@ -195,16 +213,18 @@ class LocalArena:
                 run_id = self._next_id
                 self._next_id += 1
                 handle = RunHandle()
+                name = run_name(req)
+                self._logs[run_id] = self.logs_dir / f"{name}.log"
                 thread = threading.Thread(
                     target=self._run,
-                    args=(run_id, req, slot, handle),
+                    args=(run_id, req, slot, handle, name),
                     name=f"arena-{slot.name}",
                     daemon=True,
                 )
                 self._running[run_id] = (req, handle, thread)
                 thread.start()
 
-    def _run(self, run_id: int, req: RunRequest, slot: Slot, handle: RunHandle) -> None:
+    def _run(self, run_id: int, req: RunRequest, slot: Slot, handle: RunHandle, name: str) -> None:
         try:
             result = execute_run(
                 req,
@@ -215,6 +235,7 @@ class LocalArena:
                 self.config,
                 self.logs_dir,
                 handle,
+                name=name,
                 limits=self._calibration.limits(req.budget_s, slot.device_type, slot.threads),
             )
             self._calibration.observe(result, req.budget_s, slot.threads)
@@ -230,6 +251,7 @@ class LocalArena:
         self._results.put(result)
         with self._cond:
             self._running.pop(run_id, None)
+            self._logs.pop(run_id, None)
             self._free.append(slot)
             self._free.sort(key=lambda s: self.slots.index(s))
             self._cond.notify_all()

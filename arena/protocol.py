@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from typing import Protocol, runtime_checkable
 
+from arena.progress import RunProgress
 from arena.records import RunRequest, RunResult
 
 
@@ -57,11 +58,19 @@ class Arena(Protocol):
         queued or running."""
         ...
 
-    def cancel(self, candidate_id: str) -> int:
-        """Stop every queued and running run of `candidate_id` without waiting; returns
-        how many it stopped (0 for an unknown or finished candidate). Each stopped run
-        gives a CANCELLED result; a run that finished meanwhile keeps its FINISHED one.
-        Its processes are gone and its worktree removed before its result is done."""
+    def cancel(self, candidate_id: str, seed: int | None = None) -> int:
+        """Stop every queued and running run of `candidate_id` (only the one on `seed`
+        when given) without waiting; returns how many it stopped (0 for an unknown or
+        finished candidate). Each stopped run gives a CANCELLED result; a run that
+        finished meanwhile keeps its FINISHED one. Its processes are gone and its
+        worktree removed before its result is done."""
+        ...
+
+    def progress(self) -> dict[tuple[str, int], RunProgress]:
+        """Each running run so far, by (candidate_id, seed): its progress lines (claims
+        of the candidate, `arena.progress`) and the peak memory measured from outside.
+        Runs that printed no progress line, or every run of a backend that cannot see
+        them live, are absent. For stopping a run early only (population.cascade)."""
         ...
 
     def free_slots(self) -> int:

@@ -54,6 +54,7 @@ from arena.devices import Slot, cpu_name, detect_slots
 from arena.errors import EvolveError
 from arena.execute import ArenaConfig, execute_run, note_text, run_name
 from arena.local import check_data_dir
+from arena.progress import RunProgress
 from arena.protocol import ArenaClosed
 from arena.records import RunOutcome, RunRequest, RunResult, unmeasured
 from arena.repo import ExperimentRepo
@@ -314,15 +315,21 @@ class RayArena:
                 out.append(result)
         return out
 
-    def cancel(self, candidate_id: str) -> int:
+    def cancel(self, candidate_id: str, seed: int | None = None) -> int:
         with self._lock:
             if self._closed:
                 return 0
-            runs = [(r, n) for r, (req, n) in self._inflight.items() if req.candidate_id == candidate_id]
+            runs = [(r, n) for r, (req, n) in self._inflight.items()
+                    if req.candidate_id == candidate_id and seed in (None, req.seed)]
             self._cancelled.update(n for _, n in runs)
         for ref, name in runs:
             self._stop(ref, name)
         return len(runs)
+
+    def progress(self) -> dict[tuple[str, int], RunProgress]:
+        """Nothing: a node's log reaches the head only with the run's result, so the
+        evaluation cascade does not stop Ray runs early."""
+        return {}
 
     def free_slots(self) -> int:
         with self._lock:

@@ -85,6 +85,7 @@ TRANSITIONS: dict[Status, frozenset[Status]] = {
             Status.CAUSALITY_VIOLATION,
             Status.EVALUATED,
             Status.PROPOSED,  # an interrupted run (killed evolve) is redone
+            Status.REJECTED,  # stopped early by the evaluation cascade (population.cascade)
         }
     ),
     Status.EVALUATED: frozenset({Status.RUNNING, Status.CONFIRMED, Status.REJECTED}),

@@ -37,6 +37,7 @@ from pathlib import Path
 from arena.budget import Limits
 from arena.devices import Slot
 from arena.guards import scrub_env
+from arena.progress import live_memory_path
 from arena.records import Status
 from arena.sandbox import BWRAP_ENV, Sandbox
 from arena.supervise import SupervisorResult
@@ -158,8 +159,10 @@ def supervised(
     address_space: bool = True,
     cpu_limit_s: float | None = None,
     wall_load_adjusted: bool = False,
+    live_path: Path | None = None,
 ) -> dict:
-    """Run `argv` under `python -m arena.supervise` and return its JSON report."""
+    """Run `argv` under `python -m arena.supervise` and return its JSON report; with
+    `live_path`, the supervisor keeps the peak memory so far there while it runs."""
     with tempfile.TemporaryDirectory(prefix="evolve-supervise-") as tmp:
         spec_path, result_path = Path(tmp) / "spec.json", Path(tmp) / "result.json"
         spec = {
@@ -167,6 +170,7 @@ def supervised(
             "cwd": str(cwd),
             "env": env,
             "log_path": str(log_path),
+            "live_path": str(live_path) if live_path else None,
             "wall_limit_s": wall_limit_s,
             "cpu_limit_s": cpu_limit_s,
             "wall_load_adjusted": wall_load_adjusted,
@@ -407,7 +411,9 @@ def run_candidate(
         term_grace_s,
         cpu_limit_s=limits.cpu_limit_s,
         wall_load_adjusted=limits.on_cpu,
+        live_path=live_memory_path(log_path),
     )
+    live_memory_path(log_path).unlink(missing_ok=True)
     text = log_tail(log_path)
     trusted = trusted_prepare.read_bytes()
     try:

@@ -61,6 +61,7 @@ CPUS = len(os.sched_getaffinity(0))
 PR_SET_CHILD_SUBREAPER = 36
 PR_SET_PDEATHSIG = 1
 TICK_S = 0.1
+LIVE_EVERY_S = 1.0  # how often the live peak memory is written for the arena (spec "live_path")
 PSS_EVERY_S = 0.5  # PSS (smaps_rollup) at most this often unless near the ceiling
 LOG_CAP_BYTES = 8 * 2**20  # default cap of one log file
 LOG_TAIL_BYTES = 64 * 1024  # kept from the end of output past the cap
@@ -285,6 +286,17 @@ class _GpuSampler:
         return (used or device) / 2**20
 
 
+def _write_live(path: str, peak_mb: float) -> None:
+    """The peak memory so far, measured from outside, for `Arena.progress` (atomic replace)."""
+    tmp = f"{path}.tmp"
+    try:
+        with open(tmp, "w") as f:
+            json.dump({"peak_mem_mb": peak_mb}, f)
+        os.replace(tmp, path)
+    except OSError:
+        pass  # a live figure is a hint; the report at the end carries the measurement
+
+
 def supervise(spec: dict) -> SupervisorResult:
     _prctl(PR_SET_CHILD_SUBREAPER, 1)
     _prctl(PR_SET_PDEATHSIG, signal.SIGTERM)  # the arena died: clean up, then go
@@ -355,6 +367,7 @@ def supervise(spec: dict) -> SupervisorResult:
     tree_peak = gpu_peak = scratch_peak = 0.0
     last_pss, pss = 0.0, 0  # when the PSS sum was last read, and its value
     killing_since: float | None = None
+    live_path, last_live = spec.get("live_path"), 0.0
 
     def signal_group(sig: int) -> None:
         try:
@@ -387,6 +400,9 @@ def supervise(spec: dict) -> SupervisorResult:
         pss = min(pss, rss)
         tree_peak = max(tree_peak, (pss + scratch) / 2**20)
         gpu_peak = max(gpu_peak, gpu.sample())
+        if live_path and now - last_live >= LIVE_EVERY_S:
+            last_live = now
+            _write_live(live_path, gpu_peak or tree_peak)
         wall_counted += (now - last_tick) * (_machine_share() if load_adjusted else 1.0)
         last_tick = now
         if killing_since is None:

@@ -56,6 +56,7 @@ from population.program import ProgramConfig
 from population.simulated import SIM_TRAIN_PY, KnobProposer, Landscape, read_knobs, simulated_loop
 
 SLOTS = 2
+CHECKPOINTS = 4  # progress points per run (the arena's virtual clock); 0: no training curves, no cascade
 
 
 @dataclass
@@ -66,6 +67,7 @@ class TrialResult:
     no_better_accepted: int
     accepted: int
     final_true_val: float
+    stopped_early: int = 0
 
 
 def landscape(kind: str, sigma: float, salt: int) -> Landscape:
@@ -82,9 +84,19 @@ def truly_no_better(land: Landscape, child_py: str, parent_py: str) -> bool:
 
 
 def run_ours(cfg: ProgramConfig, land: Landscape, workdir: Path,
-             preferences: dict[str, str] | None = None) -> TrialResult:
+             preferences: dict[str, str] | None = None, checkpoints: int = CHECKPOINTS,
+             runs: int | None = None) -> TrialResult:
+    """The real loop; with `runs`, until it has spent that many runs' budgets (checked
+    at the end of each generation, as program.md's max_hours is, on a clock that counts
+    device time in runs)."""
+    if runs is not None:
+        cfg = dataclasses.replace(cfg, generations=1000, max_hours=float(runs))
     loop, store, repo, arena = simulated_loop(workdir, cfg, slots=SLOTS, salt=land.salt, landscape=land,
-                                              preferences=preferences)
+                                              preferences=preferences, checkpoints=checkpoints)
+    if runs is not None:
+        store.start_session(["bench/search_noise.py"], {})
+        started = store.sessions()[0]["started_at"]
+        loop.clock = lambda: started + 3600.0 * (arena.device_runs if checkpoints else arena.submitted)
     try:
         loop.run()
         cands = {c.id: c for c in store.candidates()}
@@ -104,7 +116,9 @@ def run_ours(cfg: ProgramConfig, land: Landscape, workdir: Path,
             nb_acc += nb and acc
         best = min(store.generations()[-1].archive, key=lambda r: (r["val_bpb"], r["peak_mem_mb"]))
         final = land.true(read_knobs(files[best["candidate_id"]]))[0]
-        return TrialResult(arena.submitted, proposals, no_better, nb_acc, accepted, final)
+        stopped = sum(1 for e in store.events(1_000_000) if e["kind"] == "cascade_stopped")
+        runs = round(arena.device_runs) if checkpoints else arena.submitted
+        return TrialResult(runs, proposals, no_better, nb_acc, accepted, final, stopped)
     finally:
         arena.close()
         store.close()
@@ -151,7 +165,8 @@ def row(name: str, rows: list[TrialResult], ours: list[TrialResult], root_true: 
     return (f"| {name:20s} | {statistics.fmean(r.evaluations for r in rows):6.1f} | "
             f"{statistics.fmean(r.proposals for r in rows):6.1f} | {100 * fa:5.1f}% | {100 * fdp:5.1f}% | "
             f"{statistics.fmean(final):.4f} +- {statistics.stdev(final) if len(final) > 1 else 0:.4f} | "
-            f"{root_true - statistics.fmean(final):+.4f} | {worse}/{len(rows)} | {wins} |")
+            f"{root_true - statistics.fmean(final):+.4f} | {worse}/{len(rows)} | {wins} | "
+            f"{statistics.fmean(r.stopped_early for r in rows):5.1f} |")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -164,6 +179,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--parents", choices=["personas", "best"], default="personas",
                     help="ours: parents as the personas prefer (explorer: the memory/quality front, tuner: the "
                          "best) or every persona preferring the best (val_bpb only, as greedy)")
+    ap.add_argument("--runs", type=int, default=None,
+                    help="ours runs generations until it has spent this many runs' budgets (instead of "
+                         "--generations); greedy gets exactly what ours spent")
+    ap.add_argument("--checkpoints", type=int, default=CHECKPOINTS,
+                    help="progress points per simulated run (0: no training curves, so no evaluation cascade)")
     ap.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                     help="override a ProgramConfig field of ours, e.g. --set max_seeds=3 (default: program.md's)")
     args = ap.parse_args(argv)
@@ -180,7 +200,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"simulated landscape: root true val_bpb {root_true:.4f}; {args.trials} trials; sigma {args.sigma}; "
           f"ours: {args.generations} generations x {args.population} children, {SLOTS} slots, seeds root "
           f"{cfg.root_seeds} / initial {cfg.initial_seeds} / max {cfg.max_seeds}, accept_p {cfg.accept_p}, "
-          f"futility_p {cfg.futility_p}, rescore every {cfg.rescore_every}, lookahead {cfg.lookahead}"
+          f"futility_p {cfg.futility_p}, rescore every {cfg.rescore_every}, lookahead {cfg.lookahead}, "
+          f"cascade stop_p {cfg.cascade_stop_p} ({args.checkpoints} checkpoints per run)"
           f"{' (overrides: ' + ', '.join(args.set) + ')' if args.set else ''}; parents: {args.parents}; "
           "greedy rows get exactly as many runs as ours, trial by trial")
     t0 = time.time()
@@ -188,12 +209,13 @@ def main(argv: list[str] | None = None) -> int:
         for kind in kinds:
             print(f"\n{kind} noise\n")
             print("| method               | runs   | props  | no-better ever confirmed | confirmed that were "
-                  "no better | final true val_bpb | gain vs root | ended worse than root | ours lower in |")
-            print("|---|---|---|---|---|---|---|---|---|")
+                  "no better | final true val_bpb | gain vs root | ended worse than root | ours lower in | "
+                  "stopped early |")
+            print("|---|---|---|---|---|---|---|---|---|---|")
             lands = [landscape(kind, args.sigma, salt) for salt in range(args.trials)]
             prefs = {"explorer": "best", "tuner": "best"} if args.parents == "best" else None
-            ours = [run_ours(dataclasses.replace(cfg), land, Path(tmp) / f"{kind}-{land.salt}", prefs)
-                    for land in lands]
+            ours = [run_ours(dataclasses.replace(cfg), land, Path(tmp) / f"{kind}-{land.salt}", prefs,
+                             args.checkpoints, args.runs) for land in lands]
             fresh = [run_greedy(r.evaluations, land, fixed_seed=False) for r, land in zip(ours, lands)]
             fixed = [run_greedy(r.evaluations, land, fixed_seed=True) for r, land in zip(ours, lands)]
             print(row("ours", ours, ours, root_true))

@@ -9,6 +9,8 @@ floor) goes:
    committed to git in plan order and checked by the guard (no-ops, duplicates);
 3. run (population.decisions says which runs): each racing round puts a child and its
    parent's control on the same fresh seed, submitted together; re-scoring runs too;
+   a child's first round that is clearly behind its control is stopped early
+   (population.cascade) and the child rejected;
 4. finalize (population.decisions): verdicts, archive version g, in one transaction.
 
 Every write goes through `population.state.RunState`; every decision is a pure function
@@ -38,6 +40,8 @@ from agents.proposal import InvalidEdit, ProposalContext, Proposer
 from arena.guards import seed_insensitive
 from arena.protocol import Arena
 from arena.records import RunOutcome, RunRequest, RunResult, Status
+from population import noise
+from population.cascade import Cascade, Stop
 from population.decisions import Decisions, LoopError, RootFailed
 from population.planning import Planner
 from population.program import ProgramConfig
@@ -109,6 +113,7 @@ class GenerationLoop:
                                self.lookahead, self._train_py, getattr(repo, "lineage", None),
                                weights or {})
         self.decisions = Decisions(self.state, config)
+        self.cascade = Cascade(store, config.cascade_stop_p, config.cascade_min_pairs)
         self._inflight: dict[tuple[str, int], tuple[int, int]] = {}  # (candidate, seed) -> (evaluation id, tag)
         self._arena_errors: dict[tuple[str, int], int] = {}
         self._proposing: dict[str, Future] = {}
@@ -346,6 +351,47 @@ class GenerationLoop:
                 del self._inflight[(k, seed)]
                 self.state.cancel_evaluation(eval_id, cid, f"cancelled: {cid} already failed")
 
+    def _check_cascade(self) -> None:
+        """Stop the first rounds of children that are clearly behind their parents'
+        controls on the same seed (population.cascade), with both runs called off."""
+        if not self.cascade.enabled or not self._inflight:
+            return
+        live = self.arena.progress()
+        st = self.state
+        for cid, seed in list(self._inflight):
+            c = st.cands[cid]
+            if (cid, seed) not in live or c.parent_id is None or seed != noise.round_seed(c.generation, c.idx, 0):
+                continue
+            control = (c.parent_id, seed)
+            if control in live:
+                points, mem = live[control].points, live[control].peak_mem_mb
+            elif control in self._inflight:
+                continue  # the control has not printed progress yet
+            else:
+                done = st.evals.get(c.parent_id, {}).get(seed)
+                if done is None or not done.ok:
+                    continue
+                points, mem = self.cascade.curve(c.parent_id, seed), done.peak_mem_mb
+            stop = self.cascade.check(st.scorer(), c, live[(cid, seed)], points, mem, self.decisions.mem_margin())
+            if stop is not None:
+                self._stop_early(c, seed, stop, live)
+
+    def _stop_early(self, c: Candidate, seed: int, stop: Stop, live: dict) -> None:
+        st = self.state
+        saved = 0.0
+        with st.transaction():
+            for cid in (c.id, c.parent_id or ROOT_ID):
+                entry = self._inflight.pop((cid, seed), None)
+                if entry is None:
+                    continue
+                self.arena.cancel(cid, seed)
+                st.cancel_evaluation(entry[0], cid, f"called off: {c.id} was stopped early by the cascade")
+                run = live.get((cid, seed))
+                saved += (1.0 - (run.points[-1].fraction if run and run.points else 0.0)) * self.cfg.budget_s
+            st.set_status(c.id, Status.REJECTED, stop.reason)
+            st.event("cascade_stopped", f"{c.id} {stop.reason}", c.generation, c.id, seed=seed,
+                     fraction=stop.fraction, saved_budget_s=round(saved, 3))
+
     # -- the schedule -------------------------------------------------------------------------------
 
     def _complete(self, g: int) -> bool:
@@ -392,6 +438,7 @@ class GenerationLoop:
                     continue
                 for r in self.arena.poll(0.01 if self._proposing else 0.5):
                     self._record(r)
+                self._check_cascade()
         finally:
             self._shutdown()
         v = self.version()

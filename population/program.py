@@ -11,6 +11,7 @@ loop; the prose goes verbatim into every proposal's context.
     local_model = "small"    # embedded model when no model is set: "small" (0.5B) or "large" (1.5B)
     [seeds]    root, initial, max, per_round, accept_p, futility_p, epsilon_scale, rescore_every,
                rescore_seeds
+    [cascade]  stop_p, min_pairs   (stopping clearly worse children early; docs/search.md)
     [stop]     generations, target_val_bpb, max_cost_usd, max_hours
     [constraints]  max_peak_mem_mb, max_val_bpb
     [search]   lookahead, proposal_workers, bandit_floor, parent_floor, crossover_rate
@@ -61,6 +62,9 @@ class ProgramConfig:
     epsilon_scale: float = 0.5  # archive box size in single-run noise standard deviations
     rescore_every: int = 4
     rescore_seeds: int = 1
+    # [cascade]
+    cascade_stop_p: float = 0.4  # stop a child's first round once P(it ends better than its parent) <= this; 0: off
+    cascade_min_pairs: int = 8  # finished pairs with progress lines needed before the cascade stops anything
     # [stop]
     generations: int = 10
     target_val_bpb: float | None = None
@@ -118,6 +122,8 @@ class ProgramConfig:
             (self.epsilon_scale > 0, "seeds", "epsilon_scale", "must be positive"),
             (self.rescore_every >= 0, "seeds", "rescore_every", "must be >= 0 (0: never)"),
             (self.rescore_seeds >= 0, "seeds", "rescore_seeds", "must be >= 0"),
+            (0 <= self.cascade_stop_p < 0.5, "cascade", "stop_p", "must be in [0, 0.5) (0: the cascade is off)"),
+            (self.cascade_min_pairs >= 4, "cascade", "min_pairs", "must be at least 4"),
             (self.generations >= 0, "stop", "generations", "must be >= 0"),
             (self.proposal_workers >= 1, "search", "proposal_workers", "must be at least 1"),
             (0 <= self.bandit_floor <= 1, "search", "bandit_floor", "must be in [0, 1]"),
@@ -141,6 +147,9 @@ _SECTIONS: dict[str, dict[str, tuple[str, tuple[type, ...]]]] = {
         "accept_p": ("accept_p", (int, float)), "futility_p": ("futility_p", (int, float)),
         "epsilon_scale": ("epsilon_scale", (int, float)),
         "rescore_every": ("rescore_every", (int,)), "rescore_seeds": ("rescore_seeds", (int,)),
+    },
+    "cascade": {
+        "stop_p": ("cascade_stop_p", (int, float)), "min_pairs": ("cascade_min_pairs", (int,)),
     },
     "stop": {
         "generations": ("generations", (int,)), "target_val_bpb": ("target_val_bpb", (int, float)),

@@ -19,6 +19,16 @@ heavy-tailed idiosyncratic noise. The arena's submission count is its clock and 
 is the runs submitted between two polls that returned results (they start together and
 share the machine), so then a run's result depends on when it is submitted.
 
+Training curves (for the evaluation cascade): with `checkpoints` > 0 the arena runs on a
+virtual clock: every `poll` advances each running run by 1/checkpoints of its budget,
+`progress()` shows the claimed training loss at the fractions passed so far, and a
+cancelled run has used only what it ran (`device_runs` counts the budgets spent). The
+loss at fraction f (`Landscape.partial`) is the run's true value and load, plus (1 - f)
+times an early-training offset that depends on the knobs the way real curves do (a larger
+model or a longer warm-up is behind early, a higher learning rate ahead) and on the
+candidate (`curve_shape` sigmas), plus noise drawn apart from the final result's: the
+early ranking is informative but not the final one.
+
 What it does not do: train, sandbox or measure anything real. Its numbers are
 synthetic and say nothing about a real train.py.
 """
@@ -40,6 +50,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from agents.proposal import InvalidEdit, Proposal, ProposalContext
+from arena.progress import RunProgress, from_curve
 from arena.protocol import ArenaClosed
 from arena.records import RunOutcome, RunRequest, RunResult, Status, unmeasured
 
@@ -129,6 +140,7 @@ class Landscape:
     spike_size: float = 6.0  # a spike adds spike_size * sigma * (1 + Exp(1)) to every run of its batch
     hetero: float = 0.0  # per-candidate noise scale exp(hetero * N(0, 1))
     tail_df: float = 0.0  # idiosyncratic noise Student t with this many degrees of freedom (0: normal)
+    curve_shape: float = 1.0  # a candidate's own early-training offset, in sigmas (training curves only)
 
     def true(self, knobs: dict[str, float]) -> tuple[float, float]:
         k = {**_DEFAULTS, **knobs}
@@ -158,6 +170,17 @@ class Landscape:
         z = self.rho * _gauss("seed", self.salt, seed) + math.sqrt(1 - self.rho**2) * scale * own
         mem_z = _gauss("mem", self.salt, ident, seed)
         return val + self.sigma * (z + self.load(t, batch)), mem * (1.0 + self.mem_rel_noise * mem_z)
+
+    def partial(self, knobs: dict[str, float], seed: int, fraction: float, t: int = 0, batch: int = 0) -> float:
+        """The claimed training loss at `fraction` of the budget (see the module docstring)."""
+        k = {**_DEFAULTS, **knobs}
+        ident = tuple(sorted(knobs.items()))
+        cap = math.log2(max(12.0 * k["DEPTH"] * k["N_EMBD"] ** 2, 1.0) / (12.0 * 4 * 128 * 128))
+        early = (0.5 + 0.05 * cap - 0.1 * math.log(max(k["LEARNING_RATE"], 1e-9) / 0.003)
+                 + 0.3 * (k["WARMUP_FRAC"] - 0.05) + self.sigma * self.curve_shape * _gauss("shape", self.salt, ident))
+        z = (self.rho * _gauss("pseed", self.salt, seed, fraction)
+             + math.sqrt(1 - self.rho**2) * _gauss("prun", self.salt, ident, seed, fraction))
+        return self.true(knobs)[0] + (1.0 - fraction) * early + self.sigma * (z + self.load(t, batch))
 
     def load(self, t: int, batch: int) -> float:
         """The machine's load at run t of batch `batch`, in sigmas (0 with time noise off)."""
@@ -194,11 +217,13 @@ class SimulatedArena:
 
     `read_train_py(commit)` fetches the candidate's file (from the run's git repository);
     `run_seconds` is how long a simulated run occupies its slot. Runs beyond the free
-    slots queue and start when a slot frees (at the time the slot freed)."""
+    slots queue and start when a slot frees (at the time the slot freed). With
+    `checkpoints` > 0 time is virtual instead: each `poll` is 1/checkpoints of a run
+    (module docstring)."""
 
     def __init__(self, read_train_py: Callable[[str], str], slots: int = 2,
                  landscape: Landscape | None = None, run_seconds: float = 0.0,
-                 device_type: str = "sim", device_name: str = "simulated"):
+                 device_type: str = "sim", device_name: str = "simulated", checkpoints: int = 0):
         if slots < 1:
             raise ValueError("slots must be at least 1")
         self.read_train_py = read_train_py
@@ -215,6 +240,9 @@ class SimulatedArena:
         self._closed = False
         self._files: dict[str, str] = {}
         self.submitted = 0
+        self.checkpoints = checkpoints
+        self.device_runs = 0.0  # budgets spent, in runs (a cancelled run counts the part it ran)
+        self._tick = 0  # the virtual clock (checkpoints > 0), in 1/checkpoints of a run
         self._epoch = 0  # runs submitted between two polls that return results start together
 
     def free_slots(self) -> int:
@@ -236,12 +264,33 @@ class SimulatedArena:
                 raise ArenaClosed("the simulated arena is closed")
             self.submitted += 1
             if len(self._pending) < self.slots:
-                self._start(time.monotonic(), result)
+                self._start(self._now(), result)
             else:
                 self._queued.append(result)
 
     def _start(self, at: float, result: RunResult) -> None:
-        heapq.heappush(self._pending, _Pending(at + self.run_seconds, next(self._order), result))
+        length = self.checkpoints or self.run_seconds
+        heapq.heappush(self._pending, _Pending(at + length, next(self._order), result))
+
+    def _now(self) -> float:
+        return self._tick if self.checkpoints else time.monotonic()
+
+    def _ran(self, p: _Pending) -> float:
+        """The share of its budget a running run has used (virtual clock only; else 0)."""
+        if not self.checkpoints:
+            return 0.0
+        return min(1.0, max(0.0, (self._tick - (p.ready_at - self.checkpoints)) / self.checkpoints))
+
+    def progress(self) -> dict[tuple[str, int], RunProgress]:
+        """Running runs' claimed training loss at the fractions passed (virtual clock only)."""
+        with self._lock:
+            out = {}
+            for p in self._pending:
+                ran = self._ran(p)
+                points = [pt for pt in from_curve(p.result.claimed.get("progress")) if pt.fraction <= ran + 1e-9]
+                if points:
+                    out[(p.result.candidate_id, p.result.seed)] = RunProgress(points, p.result.peak_mem_mb)
+            return out
 
     def _score(self, req: RunRequest, train_py: str, t: int, batch: int) -> RunResult:
         base = {"candidate_id": req.candidate_id, "commit": req.commit, "seed": req.seed,
@@ -254,43 +303,54 @@ class SimulatedArena:
         if failed is not None:
             return RunResult(status=failed[0], message=failed[1], **base)
         val, mem = self.landscape.observe(knobs, req.seed, t, batch)
+        claimed: dict = {"val_bpb": val}
+        if self.checkpoints:
+            claimed["progress"] = [[k / self.checkpoints, self.landscape.partial(knobs, req.seed, k / self.checkpoints,
+                                                                                t, batch)]
+                                   for k in range(1, self.checkpoints + 1)]
         return RunResult(
             status=Status.EVALUATED, val_bpb=val, test_bpb=val + 0.002, peak_mem_mb=mem,
-            training_seconds=req.budget_s, wall_seconds=self.run_seconds,
-            claimed={"val_bpb": val}, **base,
+            training_seconds=req.budget_s, wall_seconds=self.run_seconds, claimed=claimed, **base,
         )
 
     def poll(self, timeout: float | None = 0.0) -> list[RunResult]:
         with self._lock:
-            wait = 0.0 if self._done else (timeout if timeout is not None else 3600.0)
+            wait = 0.0 if self._done or self.checkpoints else (timeout if timeout is not None else 3600.0)
             if self._pending:
                 wait = min(wait, max(0.0, self._pending[0].ready_at - time.monotonic()))
         if wait > 0:
             time.sleep(wait)
         with self._lock:
-            now = time.monotonic()
+            if self.checkpoints and self._pending:
+                self._tick += 1
+            now = self._now()
             out, self._done = self._done, []
             while self._pending and self._pending[0].ready_at <= now:
                 p = heapq.heappop(self._pending)
                 out.append(p.result)
+                self.device_runs += 1.0
                 if self._queued:  # the freed slot takes the next queued run at once
                     self._start(p.ready_at, self._queued.popleft())
             if out:
                 self._epoch += 1
             return out
 
-    def cancel(self, candidate_id: str) -> int:
+    def cancel(self, candidate_id: str, seed: int | None = None) -> int:
+        def match(r: RunResult) -> bool:
+            return r.candidate_id == candidate_id and seed in (None, r.seed)
+
         with self._lock:
             if self._closed:
                 return 0
-            hit = [p.result for p in self._pending if p.result.candidate_id == candidate_id]
-            hit += [r for r in self._queued if r.candidate_id == candidate_id]
-            self._pending = [p for p in self._pending if p.result.candidate_id != candidate_id]
+            stopped = [p for p in self._pending if match(p.result)]
+            self.device_runs += sum(self._ran(p) for p in stopped)
+            hit = [p.result for p in stopped] + [r for r in self._queued if match(r)]
+            self._pending = [p for p in self._pending if not match(p.result)]
             heapq.heapify(self._pending)
-            self._queued = collections.deque(r for r in self._queued if r.candidate_id != candidate_id)
+            self._queued = collections.deque(r for r in self._queued if not match(r))
             self._done += [_cancelled(r) for r in hit]
             while self._queued and len(self._pending) < self.slots:
-                self._start(time.monotonic(), self._queued.popleft())
+                self._start(self._now(), self._queued.popleft())
             return len(hit)
 
     def close(self) -> None:
@@ -388,11 +448,13 @@ def prepare_py_text() -> str:
 def simulated_loop(run_dir, config, *, slots: int = 2, sigma: float = 0.01, run_seconds: float = 0.0,
                    proposer=None, personas: list[str] | None = None, program_md: str = "", on_event=None,
                    salt: int = 0, preferences: dict[str, str] | None = None,
-                   crossover_personas: set[str] | None = None, landscape: Landscape | None = None):
+                   crossover_personas: set[str] | None = None, landscape: Landscape | None = None,
+                   checkpoints: int = 0):
     """Build (or reopen) a simulated run in `run_dir`: real git repository, real store,
     simulated arena, deterministic proposer unless one is given. Returns
     (loop, store, repo, arena); the caller closes store and arena. `landscape` replaces
-    the default `Landscape(sigma, salt)`."""
+    the default `Landscape(sigma, salt)`; `checkpoints` > 0 runs the arena on its virtual
+    clock with training curves (for the evaluation cascade)."""
     from pathlib import Path
 
     from arena.repo import ExperimentRepo
@@ -406,7 +468,8 @@ def simulated_loop(run_dir, config, *, slots: int = 2, sigma: float = 0.01, run_
         repo = ExperimentRepo.create(run_dir, SIM_TRAIN_PY, prepare_py_text(), program_md or "+++\n+++\n")
     store = Store.open(store_path(run_dir))
     arena = SimulatedArena(lambda c: repo.read_file(c, "train.py"), slots=slots,
-                           landscape=landscape or Landscape(sigma=sigma, salt=salt), run_seconds=run_seconds)
+                           landscape=landscape or Landscape(sigma=sigma, salt=salt), run_seconds=run_seconds,
+                           checkpoints=checkpoints)
     loop = GenerationLoop(store, repo, arena, proposer or KnobProposer(salt=salt), config,
                           personas or ["explorer", "tuner"], slots=slots, on_event=on_event,
                           preferences=preferences or SIM_PREFERENCES, crossover_personas=crossover_personas)

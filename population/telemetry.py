@@ -21,51 +21,17 @@ from __future__ import annotations
 
 import json
 import math
-import re
 import statistics
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 
+from arena.progress import ProgressPoint, loss_at, parse_progress, read_log
 from population.store import Store
 
-PROGRESS_RE = re.compile(
-    r"^step (?P<step>\d+) \((?P<pct>[0-9.]+)%\) \| loss: (?P<loss>[-+0-9.eEnaif]+) \| "
-    r"tok/sec: (?P<tps>[0-9.eE+]+) \| remaining: (?P<rem>[-0-9.]+)s\s*$",
-    re.MULTILINE,
-)
+__all__ = ["CURVE_FRACTIONS", "ProgressPoint", "Telemetry", "candidate_telemetry", "loss_at", "parse_progress",
+           "render"]
+
 CURVE_FRACTIONS = (0.25, 0.5, 0.75, 1.0)
-MAX_LOG_BYTES = 4 << 20  # a log larger than this is read from its tail
-
-
-@dataclass(frozen=True)
-class ProgressPoint:
-    """One progress line: the candidate's claim at one point of its budget."""
-
-    step: int
-    fraction: float  # of the budget spent, 0..1
-    loss: float
-    tokens_per_s: float
-    remaining_s: float
-
-
-def parse_progress(text: str) -> list[ProgressPoint]:
-    """Every well-formed progress line of `text`, in order. Other lines are ignored."""
-    out = []
-    for m in PROGRESS_RE.finditer(text):
-        try:
-            loss = float(m["loss"])
-        except ValueError:
-            continue
-        out.append(ProgressPoint(int(m["step"]), min(float(m["pct"]) / 100.0, 1.0), loss,
-                                 float(m["tps"]), float(m["rem"])))
-    return out
-
-
-def loss_at(points: list[ProgressPoint], fraction: float) -> float | None:
-    """The claimed loss at the last progress point at or before `fraction` (None if none)."""
-    before = [p for p in points if p.fraction <= fraction + 1e-9]
-    return before[-1].loss if before else None
 
 
 @dataclass(frozen=True)
@@ -83,25 +49,13 @@ class Telemetry:
     budget_s: float | None
 
 
-def _read_log(path: str) -> str:
-    p = Path(path)
-    try:
-        with open(p, "rb") as f:
-            f.seek(0, 2)
-            size = f.tell()
-            f.seek(max(0, size - MAX_LOG_BYTES))
-            return f.read().decode("utf-8", errors="replace")
-    except OSError:
-        return ""
-
-
 def _mean(xs: list[float]) -> float | None:
     xs = [x for x in xs if x is not None and math.isfinite(x)]
     return statistics.fmean(xs) if xs else None
 
 
 def candidate_telemetry(store: Store, candidate_id: str, budget_s: float | None = None,
-                        read_log: Callable[[str], str] = _read_log) -> Telemetry | None:
+                        read_log: Callable[[str], str] = read_log) -> Telemetry | None:
     """The telemetry of a candidate's finished successful runs, or None when it has none."""
     rows = list(store.db.query(
         "SELECT log_path, peak_mem_mb, training_seconds, wall_seconds, claimed FROM evaluations "

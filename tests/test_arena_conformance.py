@@ -177,6 +177,24 @@ def test_cancel_stops_running_and_queued_runs_of_one_candidate(backend):
     assert (y.candidate_id, y.outcome) == ("y", RunOutcome.CANCELLED)
 
 
+def test_cancel_with_a_seed_stops_only_that_run(backend):
+    arena = backend.make(1, True)
+    try:
+        arena.submit(RunRequest("x", backend.long, 0, 60.0))
+        arena.submit(RunRequest("x", backend.long, 1, 60.0))  # queued behind it
+        time.sleep(1.0)
+        assert arena.cancel("x", seed=1) == 1
+        assert arena.cancel("x", seed=7) == 0
+        [r] = collect(arena, 1, timeout=60)
+        assert (r.candidate_id, r.seed, r.outcome) == ("x", 1, RunOutcome.CANCELLED)
+        assert arena.busy() == 1
+        assert isinstance(arena.progress(), dict)  # a long run prints no progress line
+    finally:
+        arena.close()
+    [r] = collect(arena, 1, timeout=60)
+    assert (r.seed, r.outcome) == (0, RunOutcome.CANCELLED)
+
+
 def test_close_cancels_everything_and_then_refuses_work(backend):
     arena = backend.make(1, True)
     arena.submit(RunRequest("a", backend.long, 0, 60.0))

@@ -152,3 +152,33 @@ def test_without_bubblewrap_the_arena_says_what_is_not_enforced(world, caplog):
     lines = [r.getMessage() for r in caplog.records if r.name == "arena.sandbox"]
     assert len(lines) == 7 and all(m.startswith("sandbox NOT enforced:") for m in lines)
     assert any("network" in m for m in lines) and any("evaluation splits" in m for m in lines)
+
+
+def test_progress_shows_a_running_runs_lines_and_measured_memory(world):
+    """What the evaluation cascade reads while a run trains (arena.progress)."""
+    repo, data_dir = world
+    talker = repo.commit_candidate(repo.root_commit, (
+        "import time\n"
+        "buf = b'x' * (64 << 20)  # 64 MB the supervisor should see\n"
+        "for k in range(1, 4):\n"
+        "    print(f'step {10 * k} ({25.0 * k:.1f}%) | loss: {3.0 - 0.1 * k:.4f} | tok/sec: 1000 | remaining: 9s',"
+        " flush=True)\n"
+        "while True:\n"
+        "    time.sleep(1)\n"), "talker")
+    with LocalArena(repo, data_dir, detect_slots("cpu:1"), mem_limit_mb=3000) as arena:
+        arena.submit(RunRequest("talker", talker, 5, 60.0))
+        deadline, seen = time.monotonic() + 60, {}
+        while time.monotonic() < deadline:
+            seen = arena.progress()
+            run = seen.get(("talker", 5))
+            if run and len(run.points) == 3 and (run.peak_mem_mb or 0) > 60:
+                break
+            time.sleep(0.5)
+        run = seen[("talker", 5)]
+        assert [(p.step, p.fraction, p.loss) for p in run.points] == [(10, 0.25, 2.9), (20, 0.5, 2.8), (30, 0.75, 2.7)]
+        assert run.peak_mem_mb is not None and run.peak_mem_mb > 60
+        assert arena.cancel("talker", seed=5) == 1
+        [r] = collect(arena, 1).values()
+        assert r.outcome.value == "cancelled"
+    assert arena.progress() == {}
+    assert not list((repo.run_dir / "logs").glob("*.live.json"))

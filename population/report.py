@@ -22,6 +22,7 @@ archive rows the loop wrote; population.scoring is the one home of scoring rules
 from __future__ import annotations
 
 import csv
+import json
 import os
 import time
 from dataclasses import dataclass
@@ -181,6 +182,26 @@ def status_text(store: Store) -> str:
 # -- the summary in words -----------------------------------------------------------------------
 
 
+SAVING_EVENTS = {"cascade_stopped": "stopped early by the evaluation cascade",
+                 "novelty_refused": "refused before the arena as repeats",
+                 "preflight_refused": "refused before the arena by the one-step preflight"}
+
+
+def device_time_saved(store: Store) -> dict[str, tuple[int, float]]:
+    """How many children each early exit took out of the arena, and the training
+    budget (seconds) that saved, from the events that recorded it."""
+    out: dict[str, tuple[int, float]] = {}
+    marks = ", ".join("?" * len(SAVING_EVENTS))
+    for r in store.db.query(f"SELECT kind, payload FROM events WHERE kind IN ({marks})", list(SAVING_EVENTS)):
+        try:
+            seconds = float(json.loads(r["payload"] or "{}").get("saved_budget_s") or 0.0)
+        except (ValueError, TypeError, AttributeError):
+            seconds = 0.0
+        n, total = out.get(SAVING_EVENTS[r["kind"]], (0, 0.0))
+        out[SAVING_EVENTS[r["kind"]]] = (n + 1, total + seconds)
+    return out
+
+
 def summary_text(store: Store, run_dir: str | os.PathLike | None = None) -> str:
     """What the run found and how sure it is, in a few sentences."""
     cands = {c.id: c for c in store.candidates()}
@@ -205,6 +226,10 @@ def summary_text(store: Store, run_dir: str | os.PathLike | None = None) -> str:
     failed = [c for c in decided if c.status in FAILURES]
     lines.append(f"{len(decided)} {'child' if len(decided) == 1 else 'children'} decided: {len(kept)} kept (better than their parent by a paired test "
                  f"on the same seeds), {len(decided) - len(kept) - len(failed)} discarded, {len(failed)} failed to run.")
+    saved = device_time_saved(store)
+    if saved:
+        lines.append("Device time saved: " + "; ".join(
+            f"{n} {what} ({seconds:,.0f} s of training budget)" for what, (n, seconds) in saved.items()) + ".")
     best_row = min(gens[-1].archive, key=lambda r: (r["val_bpb"], r["peak_mem_mb"])) if gens else None
     if best_row is None or best_row["candidate_id"] == ROOT_ID:
         best_child = min((c for c in children if c.id in sc), key=lambda c: sc[c.id].val_bpb, default=None)

@@ -11,6 +11,7 @@ from arena.progress import ProgressPoint, RunProgress
 from arena.records import Status
 from population.cascade import Cascade, fit, theil_sen
 from population.program import ProgramConfig
+from population.report import device_time_saved, summary_text
 from population.simulated import Landscape, simulated_loop
 from population.store import Candidate
 
@@ -69,6 +70,10 @@ def test_the_loop_stops_clearly_worse_children_early_and_counts_the_saving(tmp_p
         assert all(x.status in ("cancelled", "evaluated") for x in control) and len(control) == 1
         assert c.archive_version >= 1  # never before there is a calibration
     assert arena.device_runs < arena.submitted  # stopped runs used part of their budget
+    saved = device_time_saved(store)["stopped early by the evaluation cascade"]
+    assert saved[0] == len(stops) and saved[1] == pytest.approx(sum(json.loads(e["payload"])["saved_budget_s"]
+                                                                    for e in stops))
+    assert "stopped early by the evaluation cascade" in summary_text(store)
     assert store.generations()[-1].generation == 5
 
 

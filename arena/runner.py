@@ -31,6 +31,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -53,6 +54,7 @@ OOM_PATTERNS = re.compile(
 MAX_CLAIMED_BYTES = 64 * 1024
 MAX_CHECKPOINT_MB = 2048  # model.pt larger than this is refused (a contract error)
 TAIL_LINES = 15
+STALE_HEARTBEAT_S = 300.0  # a load-adjusted supervisor silent this long is stuck
 
 
 @dataclass(frozen=True)
@@ -162,15 +164,21 @@ def supervised(
     live_path: Path | None = None,
 ) -> dict:
     """Run `argv` under `python -m arena.supervise` and return its JSON report; with
-    `live_path`, the supervisor keeps the peak memory so far there while it runs."""
+    `live_path`, the supervisor keeps the peak memory so far there while it runs.
+
+    A supervisor that is itself stuck is killed: past its wall limit plus a margin, or,
+    when the wall limit is load-adjusted (it then runs slower than the clock on a busy
+    machine), once its heartbeat (the live file, rewritten every second) is older
+    than `STALE_HEARTBEAT_S`."""
     with tempfile.TemporaryDirectory(prefix="evolve-supervise-") as tmp:
         spec_path, result_path = Path(tmp) / "spec.json", Path(tmp) / "result.json"
+        heartbeat = live_path or (Path(tmp) / "live.json" if wall_load_adjusted else None)
         spec = {
             "argv": argv,
             "cwd": str(cwd),
             "env": env,
             "log_path": str(log_path),
-            "live_path": str(live_path) if live_path else None,
+            "live_path": str(heartbeat) if heartbeat else None,
             "wall_limit_s": wall_limit_s,
             "cpu_limit_s": cpu_limit_s,
             "wall_load_adjusted": wall_load_adjusted,
@@ -195,13 +203,21 @@ def supervised(
         if handle is not None:
             handle.attach(proc)
         try:
-            # The supervisor enforces the wall limit itself; this outer limit only
+            # The supervisor enforces the wall limit itself; this outer watch only
             # catches a supervisor that is itself stuck.
-            _, err = proc.communicate(timeout=wall_limit_s + 10 * term_grace_s + 30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            _, err = proc.communicate()
-            raise RuntimeError(f"supervisor for {argv[-1]} did not finish; killed it") from None
+            deadline = time.monotonic() + wall_limit_s + 10 * term_grace_s + 30
+            started = time.time()
+            while True:
+                try:
+                    _, err = proc.communicate(timeout=5.0)
+                    break
+                except subprocess.TimeoutExpired:
+                    alive = (_heartbeat_age(heartbeat, started) < STALE_HEARTBEAT_S if wall_load_adjusted and heartbeat
+                             else time.monotonic() < deadline)
+                    if not alive:
+                        proc.kill()
+                        _, err = proc.communicate()
+                        raise RuntimeError(f"supervisor for {argv[-1]} did not finish; killed it") from None
         finally:
             if handle is not None:
                 handle.attach(None)
@@ -232,6 +248,14 @@ def supervised(
     if report.get("error"):
         log.error("supervisor: %s", report["error"])
     return report
+
+
+def _heartbeat_age(path: Path, started: float) -> float:
+    """Seconds since the supervisor last wrote its live file (since `started` before the first)."""
+    try:
+        return time.time() - path.stat().st_mtime
+    except OSError:
+        return time.time() - started
 
 
 def log_tail(path: Path, max_bytes: int = 64 * 1024) -> str:

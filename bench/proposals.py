@@ -36,6 +36,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import os
 import re
 import statistics
@@ -88,14 +89,22 @@ def run_proposals(args: argparse.Namespace) -> int:
         for stale in Path(args.out).glob("child_*.py"):  # from an earlier run
             stale.unlink()
         (Path(args.out) / "parent.py").write_text(template)  # the arena stage's root
+    checks = []
+    if args.preflight:  # as the loop does (population.cli): one sandboxed CPU step before the arena
+        import prepare
+        from arena.preflight import Preflight
+
+        data_dir = Path(os.environ["EVOLVE_DATA"]) if os.environ.get("EVOLVE_DATA") else prepare.default_data_dir()
+        checks.append(Preflight((ROOT / "prepare.py").read_text(), data_dir))
     t_start = time.monotonic()
     with contextlib.ExitStack() as stack:
         if args.proposer == "random":
-            proposer = build_proposer({"model": "random"}, records.append, cost_ceiling_usd=None)
+            proposer = build_proposer({"model": "random"}, records.append, cost_ceiling_usd=None, checks=checks)
             model_name = "random"
         else:
             m = stack.enter_context(EmbeddedModel(LOCAL_MODEL_CHOICES[args.proposer], n_threads=args.threads))
-            proposer = build_proposer({}, records.append, cost_ceiling_usd=None, embedded=m, max_retries=1)
+            proposer = build_proposer({}, records.append, cost_ceiling_usd=None, embedded=m, max_retries=1,
+                                      checks=checks)
             model_name = m.alias
         startup = time.monotonic() - t_start
         tried: list[str] = []
@@ -186,83 +195,179 @@ def run_proposals(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- the arena stage -----------------------------------------------------------------------
+
+
+def _label(d: Path) -> str:
+    """The proposer a proposals directory holds (its summary's `proposer`, else its name)."""
+    try:
+        return json.loads((d / "proposals.json").read_text())["summary"]["proposer"]
+    except (OSError, ValueError, KeyError):
+        return d.name
+
+
+def noise_floor(root: dict[int, list[float]]) -> tuple[float, int]:
+    """(sd of the difference of two runs of one program on one seed, degrees of freedom):
+    sqrt(2) x the within-seed sd of the root's replicates, pooled over seeds."""
+    ss = sum(sum((x - statistics.fmean(xs)) ** 2 for x in xs) for xs in root.values() if len(xs) > 1)
+    df = sum(len(xs) - 1 for xs in root.values() if len(xs) > 1)
+    return (math.sqrt(2 * ss / df) if df else float("nan")), df
+
+
+def table(results_path: Path, seeds: int, k: float = 2.0) -> dict:
+    """The figures of one results file (JSON lines written by the arena stage)."""
+    rows = [json.loads(line) for line in results_path.read_text().splitlines() if line.strip()]
+    runs = [r for r in rows if r.get("kind") == "run"]
+    root: dict[int, list[float]] = {}
+    for r in runs:
+        if r["proposer"] == "root" and r["val_bpb"] is not None:
+            root.setdefault(r["seed"], []).append(r["val_bpb"])
+    sd_pair, df = noise_floor(root)
+    seed_means = {s: statistics.fmean(v) for s, v in root.items()}
+    sd_seed = statistics.stdev(seed_means.values()) if len(seed_means) > 1 else float("nan")
+    children: dict[tuple[str, str], dict] = {}
+    for r in runs:
+        if r["proposer"] == "root":
+            continue
+        c = children.setdefault((r["proposer"], r["child"]), {"runs": {}, "failed": [], "changes": r.get("changes")})
+        if r["val_bpb"] is None:
+            c["failed"].append(r["status"])
+        else:
+            c["runs"][r["seed"]] = r["val_bpb"]
+    out: dict = {"root": {s: [round(x, 4) for x in v] for s, v in sorted(root.items())}, "sd_pair": sd_pair,
+                 "sd_pair_df": df, "sd_seed": sd_seed, "threshold": -k * sd_pair, "proposers": {}}
+    for (prop, name), c in sorted(children.items()):
+        p = out["proposers"].setdefault(prop, {"measured": 0, "failed": 0, "beats": 0, "worse": 0, "diffs": [],
+                                               "children": []})
+        want = [s for s in range(seeds) if s in seed_means]
+        if c["failed"]:
+            p["failed"] += 1
+            p["children"].append((name, None, "failed: " + ",".join(sorted(set(c["failed"]))), c["changes"]))
+            continue
+        if not want or any(s not in c["runs"] for s in want):
+            continue  # still running when the stage stopped
+        d = statistics.fmean(c["runs"][s] - seed_means[s] for s in want)
+        p["measured"] += 1
+        p["diffs"].append(d)
+        verdict = "beats" if d < -k * sd_pair else "worse" if d > k * sd_pair else "within"
+        p["beats"] += verdict == "beats"
+        p["worse"] += verdict == "worse"
+        p["children"].append((name, round(d, 4), verdict, c["changes"]))
+    return out
+
+
+def print_table(t: dict) -> None:
+    print(f"root val_bpb by seed (replicates): {t['root']}")
+    print(f"paired noise sd (same program, same seed; {t['sd_pair_df']} df): {t['sd_pair']:.4f}; "
+          f"seed-to-seed sd of the root: {t['sd_seed']:.4f}; beats its parent: mean paired d < "
+          f"{t['threshold']:+.4f}")
+    for prop, p in t["proposers"].items():
+        for name, d, verdict, changes in p["children"]:
+            print(f"  {prop:7s} {name}: {'' if d is None else f'{d:+.4f}'} {verdict}  {'; '.join(changes or [])}")
+    print("| proposer | measured | failed in the arena | beat parent beyond noise | worse beyond noise | "
+          "median paired d |")
+    print("|---|---|---|---|---|---|")
+    for prop, p in t["proposers"].items():
+        n = p["measured"]
+        med = f"{statistics.median(p['diffs']):+.4f}" if p["diffs"] else "-"
+        print(f"| {prop} | {n} | {p['failed']} | {p['beats']}/{n} ({p['beats'] / n:.0%}) | {p['worse']}/{n} | {med} |"
+              if n else f"| {prop} | 0 | {p['failed']} | - | - | - |")
+
+
 def run_arena(args: argparse.Namespace) -> int:
-    """Root and each valid child on the same seeds through the real arena."""
+    """The root (replicated) and each valid child on the same seeds through the real arena,
+    children of the proposers taken in turn, picked up as the proposal stage writes them."""
     import tempfile
 
-    from scipy import stats
-
     from arena import ExperimentRepo, LocalArena, RunRequest, detect_slots
-    from arena.records import Status
+    from arena.records import RunOutcome, Status
 
-    src = Path(args.arena)
-    children = sorted(src.glob("child_*.py"))
-    if args.only:
-        wanted = set(args.only.split(","))
-        children = [c for c in children if c.stem in wanted]
-    if not children:
-        print(f"no child_*.py in {src}", file=sys.stderr)
+    dirs = [Path(d) for d in args.arena]
+    parents = {(d / "parent.py").read_text() for d in dirs if (d / "parent.py").exists()}
+    if len(parents) != 1:
+        print("every --arena directory needs the same parent.py (run the proposal stage with --out first)",
+              file=sys.stderr)
         return 1
+    template = parents.pop()
     import prepare
 
     data_dir = Path(os.environ["EVOLVE_DATA"]) if os.environ.get("EVOLVE_DATA") else prepare.default_data_dir()
     run_dir = Path(tempfile.mkdtemp(prefix="bench-proposals-"))
-    # the root is the file the children were proposed from (saved by the first stage)
-    parent = src / "parent.py"
-    template = parent.read_text() if parent.exists() else (ROOT / "train_template.py").read_text()
     repo = ExperimentRepo.create(run_dir / "run", template, (ROOT / "prepare.py").read_text(), "# bench\n")
-    commits = {"root": repo.root_commit}
-    seen: dict[str, str] = {}
-    for c in children:
-        text = c.read_text()
-        if text in seen:  # the same edit proposed twice is measured once
-            print(f"{c.stem}: same file as {seen[text]}, measured once")
-            continue
-        seen[text] = c.stem
-        if len(commits) > args.max_children:
-            print(f"{c.stem}: left out (--max-children {args.max_children})")
-            continue
-        commits[c.stem] = repo.commit_candidate(repo.root_commit, text, f"bench {c.stem}")
-    children = [c for c in children if c.stem in commits]
     seeds = list(range(args.seeds))
-    arena = LocalArena(repo, data_dir, detect_slots(None))
-    results: dict[str, dict[int, float | None]] = {k: {} for k in commits}
-    statuses: dict[str, set[str]] = {k: set() for k in commits}
+    results = Path(args.results)
+    results.parent.mkdir(parents=True, exist_ok=True)
+    arena = LocalArena(repo, data_dir, detect_slots(args.devices))
+    # the root's replicates first, seed-major; then each child on every seed
+    todo: list[tuple[str, str, str, int, list[str]]] = [
+        ("root", f"root-r{r}", repo.root_commit, s, []) for s in seeds for r in range(args.replicates)]
+    taken: dict[str, set[str]] = {str(d): set() for d in dirs}
+    labels = {str(d): _label(d) for d in dirs}
+    t0 = time.monotonic()
+    inflight: dict[tuple[str, int], tuple[str, str, list[str]]] = {}
+
+    def more_children() -> None:
+        """Add the next child of each proposer in turn (round robin), while any has one."""
+        if time.monotonic() - t0 > args.stop_after_s:
+            return
+        for d in dirs:
+            key = str(d)
+            labels[key] = _label(d)
+            if len(taken[key]) >= args.max_children:
+                continue
+            info = {}
+            if (d / "proposals.json").exists():
+                info = {f"child_{r['i']:02d}": r for r in json.loads((d / "proposals.json").read_text())["rows"]}
+            for c in sorted(d.glob("child_*.py")):
+                if c.stem in taken[key]:
+                    continue
+                taken[key].add(c.stem)
+                name = f"{labels[key]}-{c.stem}"
+                commit = repo.commit_candidate(repo.root_commit, c.read_text(), f"bench {name}")
+                changes = info.get(c.stem, {}).get("changes") or changed_constants(template, c.read_text())
+                todo.extend((labels[key], name, commit, s, changes) for s in seeds)
+                break
+
+    def finished(d: Path) -> bool:
+        return (d / "proposals.json").exists() and all(
+            c.stem in taken[str(d)] for c in d.glob("child_*.py")) or len(taken[str(d)]) >= args.max_children
+
     try:
-        # seed-major order: the runs compared with each other run close together in time,
-        # so a change in machine load hits root and children alike
-        for s in seeds:
-            for name, commit in commits.items():
-                arena.submit(RunRequest(candidate_id=name, commit=commit, seed=s, budget_s=args.budget))
-        pending = len(commits) * len(seeds)
-        while pending:
-            for r in arena.poll(timeout=5.0):
-                pending -= 1
-                results[r.candidate_id][r.seed] = r.val_bpb if r.status == Status.EVALUATED else None
-                statuses[r.candidate_id].add(r.status.value)
-                print(f"{r.candidate_id} seed {r.seed}: {r.status.value} val_bpb={r.val_bpb} {r.message[:80]}", flush=True)
+        with results.open("a") as out:
+            out.write(json.dumps({"kind": "start", "budget_s": args.budget, "seeds": args.seeds,
+                                  "replicates": args.replicates, "devices": args.devices,
+                                  "dirs": [str(d) for d in dirs]}) + "\n")
+            while True:
+                if not todo:
+                    more_children()
+                while todo and arena.free_slots() > 0:
+                    prop, name, commit, seed, changes = todo.pop(0)
+                    arena.submit(RunRequest(candidate_id=name, commit=commit, seed=seed, budget_s=args.budget))
+                    inflight[(name, seed)] = (prop, name, changes)
+                    if not todo:
+                        more_children()
+                if not inflight and not todo:
+                    if all(finished(d) for d in dirs) or time.monotonic() - t0 > args.stop_after_s:
+                        break
+                for r in arena.poll(timeout=5.0):
+                    prop, name, changes = inflight.pop((r.candidate_id, r.seed))
+                    if r.outcome != RunOutcome.FINISHED:  # not measured (arena error): run it again
+                        print(f"{name} seed {r.seed}: {r.outcome.value}, redone: {r.message[:100]}", flush=True)
+                        todo.insert(0, (prop, name, r.commit, r.seed, changes))
+                        continue
+                    ok = r.status == Status.EVALUATED
+                    row = {"kind": "run", "proposer": prop, "child": name, "seed": r.seed, "status": r.status.value,
+                           "val_bpb": r.val_bpb if ok else None, "wall_s": r.wall_seconds,
+                           "cpu_s": r.cpu_seconds, "steps": r.claimed.get("num_steps"), "changes": changes,
+                           "load1": os.getloadavg()[0], "message": "" if ok else r.message[-300:]}
+                    out.write(json.dumps(row) + "\n")
+                    out.flush()
+                    print(f"{name} seed {r.seed}: {r.status.value} val_bpb={r.val_bpb} wall {r.wall_seconds}s "
+                          f"load {row['load1']:.1f} {row['message'][-80:]}", flush=True)
     finally:
         arena.close()
-    root = [results["root"].get(s) for s in seeds]
-    root_ok = [v for v in root if v is not None]
-    noise = statistics.stdev(root_ok) if len(root_ok) > 1 else float("nan")
     print("---")
-    print(f"root val_bpb: {statistics.mean(root_ok):.4f} ± {noise:.4f} over {len(root_ok)} seeds (budget {args.budget}s)")
-    beyond = 0
-    for name in commits:
-        if name == "root":
-            continue
-        pairs = [(results[name].get(s), results["root"].get(s)) for s in seeds]
-        pairs = [(a, b) for a, b in pairs if a is not None and b is not None]
-        if len(pairs) < 2:
-            print(f"{name}: {sorted(statuses[name])} (not measured on enough seeds)")
-            continue
-        diffs = [a - b for a, b in pairs]
-        p = stats.ttest_rel([a for a, _ in pairs], [b for _, b in pairs]).pvalue
-        sig = p < 0.05
-        beyond += sig
-        print(f"{name}: mean change {statistics.mean(diffs):+.4f} (p={p:.3f}) {'BEYOND NOISE' if sig else 'within noise'}")
-    print(f"children beyond the noise floor (paired t-test p<0.05): {beyond} of {len(children)}")
+    print_table(table(results, args.seeds, args.k))
     return 0
 
 
@@ -274,14 +379,28 @@ def main() -> int:
                     help="embedded 0.5B (small), 1.5B (large), or the random-move baseline")
     ap.add_argument("--noise-floor", type=float, default=None)
     ap.add_argument("--out", default=None, help="directory for proposals.json and child_XX.py")
-    ap.add_argument("--arena", default=None, help="second stage: directory written by --out")
-    ap.add_argument("--budget", type=float, default=20.0)
-    ap.add_argument("--seeds", type=int, default=3)
-    ap.add_argument("--max-children", type=int, default=10)
-    ap.add_argument("--only", default=None, help="comma-separated child names, e.g. child_00,child_04")
+    ap.add_argument("--preflight", action=argparse.BooleanOptionalAction, default=True,
+                    help="run every child one sandboxed CPU step before accepting it, as the loop does")
+    ap.add_argument("--arena", nargs="+", default=None, help="second stage: directories written by --out")
+    ap.add_argument("--results", default=None, help="arena stage: JSON lines file of every run (appended)")
+    ap.add_argument("--table", default=None, help="print the figures of a --results file and stop")
+    ap.add_argument("--budget", type=float, default=8.0, help="training budget, CPU seconds per thread")
+    ap.add_argument("--seeds", type=int, default=2)
+    ap.add_argument("--replicates", type=int, default=3, help="runs of the root per seed (the noise floor)")
+    ap.add_argument("--devices", default="cpu:2", help="arena slots (arena.devices): cpu:2 = 2 slots, 1 thread each")
+    ap.add_argument("--max-children", type=int, default=20, help="per proposer")
+    ap.add_argument("--stop-after-s", type=float, default=float("inf"), help="submit no new child after this")
+    ap.add_argument("--k", type=float, default=2.0, help="beats its parent: mean paired d < -k x paired noise sd")
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    return run_arena(args) if args.arena else run_proposals(args)
+    if args.table:
+        print_table(table(Path(args.table), args.seeds, args.k))
+        return 0
+    if args.arena:
+        if not args.results:
+            ap.error("--arena needs --results FILE")
+        return run_arena(args)
+    return run_proposals(args)
 
 
 if __name__ == "__main__":

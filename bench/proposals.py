@@ -198,12 +198,20 @@ def run_proposals(args: argparse.Namespace) -> int:
 # -- the arena stage -----------------------------------------------------------------------
 
 
-def _label(d: Path) -> str:
-    """The proposer a proposals directory holds (its summary's `proposer`, else its name)."""
-    try:
-        return json.loads((d / "proposals.json").read_text())["summary"]["proposer"]
-    except (OSError, ValueError, KeyError):
-        return d.name
+def bench_data_dir(eval_kib: int) -> Path:
+    """A prepared copy of the default corpus whose validation and test splits are capped at
+    `eval_kib` KiB (prepare caps them at 128 KiB): scoring is most of a short CPU run's
+    cost, and root and children are scored on the same text, so the comparison stays
+    paired. Built once, next to the default data directory."""
+    import prepare
+
+    base = prepare.default_data_dir()
+    out = base.with_name(f"{base.name}-eval{eval_kib}k")
+    if not (out / "manifest.json").exists():
+        prepare.cap_documents.__defaults__ = (eval_kib << 10,)  # the cap is a default argument
+        if prepare.main(["--data-dir", str(out)]) != 0:
+            raise SystemExit(f"could not prepare {out}")
+    return out
 
 
 def noise_floor(root: dict[int, list[float]]) -> tuple[float, int]:
@@ -289,44 +297,49 @@ def run_arena(args: argparse.Namespace) -> int:
               file=sys.stderr)
         return 1
     template = parents.pop()
-    import prepare
-
-    data_dir = Path(os.environ["EVOLVE_DATA"]) if os.environ.get("EVOLVE_DATA") else prepare.default_data_dir()
+    data_dir = bench_data_dir(args.eval_kib)
     run_dir = Path(tempfile.mkdtemp(prefix="bench-proposals-"))
     repo = ExperimentRepo.create(run_dir / "run", template, (ROOT / "prepare.py").read_text(), "# bench\n")
     seeds = list(range(args.seeds))
     results = Path(args.results)
     results.parent.mkdir(parents=True, exist_ok=True)
     arena = LocalArena(repo, data_dir, detect_slots(args.devices))
-    # the root's replicates first, seed-major; then each child on every seed
+    # the root's replicates first; then every child on seed 0 as it comes (the proposers in
+    # turn), the later seeds when no new child waits: breadth first, so a stage stopped
+    # early has every proposer's children on seed 0
     todo: list[tuple[str, str, str, int, list[str]]] = [
         ("root", f"root-r{r}", repo.root_commit, s, []) for s in seeds for r in range(args.replicates)]
+    later: list[tuple[str, str, str, int, list[str]]] = []
     taken: dict[str, set[str]] = {str(d): set() for d in dirs}
-    labels = {str(d): _label(d) for d in dirs}
     t0 = time.monotonic()
     inflight: dict[tuple[str, int], tuple[str, str, list[str]]] = {}
 
-    def more_children() -> None:
-        """Add the next child of each proposer in turn (round robin), while any has one."""
-        if time.monotonic() - t0 > args.stop_after_s:
-            return
-        for d in dirs:
-            key = str(d)
-            labels[key] = _label(d)
-            if len(taken[key]) >= args.max_children:
+    def next_run() -> tuple[str, str, str, int, list[str]] | None:
+        if todo:
+            return todo.pop(0)
+        if time.monotonic() - t0 <= args.stop_after_s:
+            for _ in dirs:
+                d = dirs.pop(0)
+                dirs.append(d)  # round robin
+                new = new_child(d)
+                if new is not None:
+                    later.extend(new[1:])
+                    return new[0]
+        return later.pop(0) if later else None
+
+    def new_child(d: Path) -> list[tuple[str, str, str, int, list[str]]] | None:
+        key = str(d)
+        if len(taken[key]) >= args.max_children:
+            return None
+        for c in sorted(d.glob("child_*.py")):
+            if c.stem in taken[key]:
                 continue
-            info = {}
-            if (d / "proposals.json").exists():
-                info = {f"child_{r['i']:02d}": r for r in json.loads((d / "proposals.json").read_text())["rows"]}
-            for c in sorted(d.glob("child_*.py")):
-                if c.stem in taken[key]:
-                    continue
-                taken[key].add(c.stem)
-                name = f"{labels[key]}-{c.stem}"
-                commit = repo.commit_candidate(repo.root_commit, c.read_text(), f"bench {name}")
-                changes = info.get(c.stem, {}).get("changes") or changed_constants(template, c.read_text())
-                todo.extend((labels[key], name, commit, s, changes) for s in seeds)
-                break
+            taken[key].add(c.stem)
+            name = f"{d.name}-{c.stem}"
+            text = c.read_text()
+            commit = repo.commit_candidate(repo.root_commit, text, f"bench {name}")
+            return [(d.name, name, commit, s, changed_constants(template, text)) for s in seeds]
+        return None
 
     def finished(d: Path) -> bool:
         return (d / "proposals.json").exists() and all(
@@ -338,15 +351,14 @@ def run_arena(args: argparse.Namespace) -> int:
                                   "replicates": args.replicates, "devices": args.devices,
                                   "dirs": [str(d) for d in dirs]}) + "\n")
             while True:
-                if not todo:
-                    more_children()
-                while todo and arena.free_slots() > 0:
-                    prop, name, commit, seed, changes = todo.pop(0)
+                while arena.free_slots() > 0:
+                    nxt = next_run()
+                    if nxt is None:
+                        break
+                    prop, name, commit, seed, changes = nxt
                     arena.submit(RunRequest(candidate_id=name, commit=commit, seed=seed, budget_s=args.budget))
                     inflight[(name, seed)] = (prop, name, changes)
-                    if not todo:
-                        more_children()
-                if not inflight and not todo:
+                if not inflight and not todo and not later:
                     if all(finished(d) for d in dirs) or time.monotonic() - t0 > args.stop_after_s:
                         break
                 for r in arena.poll(timeout=5.0):
@@ -388,6 +400,7 @@ def main() -> int:
     ap.add_argument("--seeds", type=int, default=2)
     ap.add_argument("--replicates", type=int, default=3, help="runs of the root per seed (the noise floor)")
     ap.add_argument("--devices", default="cpu:2", help="arena slots (arena.devices): cpu:2 = 2 slots, 1 thread each")
+    ap.add_argument("--eval-kib", type=int, default=32, help="arena stage: evaluation splits capped at this")
     ap.add_argument("--max-children", type=int, default=20, help="per proposer")
     ap.add_argument("--stop-after-s", type=float, default=float("inf"), help="submit no new child after this")
     ap.add_argument("--k", type=float, default=2.0, help="beats its parent: mean paired d < -k x paired noise sd")

@@ -101,11 +101,17 @@ def _mean(xs: list[float]) -> float | None:
 
 
 def candidate_telemetry(store: Store, candidate_id: str, budget_s: float | None = None,
-                        read_log: Callable[[str], str] = _read_log) -> Telemetry | None:
-    """The telemetry of a candidate's finished successful runs, or None when it has none."""
-    rows = list(store.db.query(
-        "SELECT log_path, peak_mem_mb, training_seconds, wall_seconds, claimed FROM evaluations "
-        "WHERE candidate_id = ? AND status = 'evaluated' ORDER BY id", [candidate_id]))
+                        read_log: Callable[[str], str] = _read_log, as_of: int | None = None) -> Telemetry | None:
+    """The telemetry of a candidate's finished successful runs, or None when it has none.
+    `as_of`: only runs of generations up to that archive version (all of them finished
+    when it was recorded), so a resumed run reads the same; None: every run so far."""
+    sql = ("SELECT log_path, peak_mem_mb, training_seconds, wall_seconds, claimed FROM evaluations "
+           "WHERE candidate_id = ? AND status = 'evaluated'")
+    params: list = [candidate_id]
+    if as_of is not None:
+        sql += " AND generation <= ?"
+        params.append(as_of)
+    rows = list(store.db.query(sql + " ORDER BY id", params))
     if not rows:
         return None
     curves: dict[float, list[float]] = {f: [] for f in CURVE_FRACTIONS}

@@ -311,6 +311,12 @@ def run_arena(args: argparse.Namespace) -> int:
         ("root", f"root-r{r}", repo.root_commit, s, []) for s in seeds for r in range(args.replicates)]
     later: list[tuple[str, str, str, int, list[str]]] = []
     taken: dict[str, set[str]] = {str(d): set() for d in dirs}
+    # runs an earlier invocation with the same results file already measured are not redone
+    done = set()
+    if results.exists():
+        done = {(r["child"], r["seed"]) for r in map(json.loads, results.read_text().splitlines())
+                if r.get("kind") == "run"}
+    todo = [t for t in todo if (t[1], t[3]) not in done]
     t0 = time.monotonic()
     inflight: dict[tuple[str, int], tuple[str, str, list[str]]] = {}
 
@@ -338,7 +344,9 @@ def run_arena(args: argparse.Namespace) -> int:
             name = f"{d.name}-{c.stem}"
             text = c.read_text()
             commit = repo.commit_candidate(repo.root_commit, text, f"bench {name}")
-            return [(d.name, name, commit, s, changed_constants(template, text)) for s in seeds]
+            runs = [(d.name, name, commit, s, changed_constants(template, text)) for s in seeds if (name, s) not in done]
+            if runs:
+                return runs
         return None
 
     def finished(d: Path) -> bool:

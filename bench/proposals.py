@@ -1,34 +1,61 @@
 """Benchmark: proposals from the embedded models (Qwen2.5-Coder 0.5B / 1.5B) and the random baseline.
 
-`--proposer small|large|random` picks the proposer: the embedded 0.5B or 1.5B model
-(llama.cpp, N threads, the typed move menu of agents.moves) or the random-move baseline
-(no LLM). It asks the three built-in personas in turn for N proposals on
-train_template.py. As in the loop, each prompt lists the hypotheses already tried, and
-the novelty gate (agents.novelty) knows the parent and every valid child so far, so a
-repeat is refused and goes back to the model. It prints per proposal: latency, tokens,
-valid or not, the hypothesis or the reason, the constants changed, the gate's
-refusals and the rubric's verdict (agents.rubric: does the hypothesis name what
-changed, in the right direction, and nothing else); then:
+**Proposal stage.** `--proposer small|large|random` picks the proposer: the embedded 0.5B
+or 1.5B model (llama.cpp, N threads, the typed move menu of agents.moves) or the
+random-move baseline (no LLM). It asks the three built-in personas in turn for N
+proposals on train_template.py. As in the loop, each prompt lists the hypotheses
+already tried, the novelty gate (agents.novelty) knows the parent and every valid child
+so far, and (unless `--no-preflight`) every child runs one sandboxed CPU step
+(arena.preflight) before it is accepted; a refusal goes back to the model. It prints
+per proposal: latency, tokens, valid or not, the hypothesis or the reason, the
+constants changed, the gate's refusals and the rubric's verdict; then:
 
 - `valid_share`: proposals that ended as a valid child;
 - `duplicate_share`: children the novelty gate refused as repeats, of all children
   the proposer produced (valid ones plus every refused one on the way);
-- `hypothesis_match_share`: valid children whose hypothesis matches the edit (rubric).
+- `hypothesis_match_share`: valid children whose hypothesis matches the edit, judged by
+  the fixed rubric of agents.rubric (written out in its docstring): the hypothesis names
+  every changed constant or definition (by name or a listed alias), names no unchanged
+  constant by its UPPER_CASE name, and any direction word near a changed number agrees
+  with the change. For move replies the move's generated description is part of the
+  hypothesis, so `own_words_match_share` applies the same rubric to the model's own words.
 
-`--out DIR` writes `proposals.json` and every valid child as `child_XX.py`, for
-`--arena` (below) or for inspection.
+`--out DIR` writes `parent.py`, `proposals.json` and every valid child as `child_XX.py`
+(as soon as it is accepted). The directory's name is the proposer's label in the arena stage.
 
-`--arena DIR_WITH_PROPOSALS` (second stage) runs the root on several seeds and each
-valid child on the same seeds through the real arena (arena.LocalArena) with a short
-budget, and reports how many children differ from the root beyond the noise floor
-(paired t-test on the same seeds, scipy). It needs the prepared data (`evolve prepare`).
+**Arena stage.** `--arena DIR [DIR ...] --results FILE` measures the children of every
+directory (same parent.py) through the real arena (arena.LocalArena: sandboxed, the
+CPU-time budget of arena.budget, so scores do not depend on machine load; wall times
+do). The root runs `--replicates` times on each of `--seeds` seeds; each child runs
+once on each seed. Children are picked up as the proposal stage writes them, the
+proposers in turn, every child on seed 0 before later seeds (breadth first, so a stage
+stopped early has seed 0 for all); at most `--max-children` per proposer. Every run is
+appended to FILE (JSON lines) at once, and a restarted stage skips the runs FILE has.
+The evaluation splits are capped at `--eval-kib` KiB (a prepared copy of the data; the
+root and its children are scored on the same text), since scoring is most of a short
+CPU run's cost.
+
+**Beats its parent beyond the noise floor**, precisely: for seed s let R_s be the mean
+val_bpb of the root's replicates on s, and d = mean over the seeds measured of
+(child_s - R_s) (lower is better). The paired noise sd is the sd of the difference of
+two runs of the same program on the same seed, estimated as sqrt(2) x the root's
+within-seed replicate sd, pooled over seeds (seeds x (replicates - 1) degrees of
+freedom). A child beats its parent when d < -k x that sd (`--k`, default 2), and is
+worse beyond the noise when d > +k x sd. `--seeds 1` in `--table` judges on seed 0
+alone. The table also gives the share with d < 0, the median d, and a one-sided
+Mann-Whitney test of each LLM's d against the random baseline's.
 
 Usage:
-    python bench/proposals.py --proposer small --n 6 --threads 2 --out /tmp/bench_small
-    python bench/proposals.py --proposer random --n 20 --out /tmp/bench_random
-    python bench/proposals.py --arena /tmp/bench_small --budget 20 --seeds 3
+    python bench/proposals.py --proposer random --n 20 --out /tmp/pb/random
+    python bench/proposals.py --proposer small --n 26 --threads 2 --out /tmp/pb/small
+    python bench/proposals.py --proposer large --n 24 --threads 1 --out /tmp/pb/large
+    python bench/proposals.py --arena /tmp/pb/random /tmp/pb/small /tmp/pb/large \\
+        --results /tmp/pb/arena.jsonl --budget 8 --seeds 2 --replicates 3 --devices cpu:2
+    python bench/proposals.py --table /tmp/pb/arena.jsonl --arena /tmp/pb/* --seeds 1
 
-It measures; it decides nothing and writes nothing outside --out.
+(the stages may run at once: the arena stage follows the proposal directories). It
+measures; it decides nothing and writes nothing outside --out and --results (and the
+capped data copy next to the prepared data).
 """
 
 from __future__ import annotations
@@ -264,7 +291,10 @@ def table(results_path: Path, seeds: int, k: float = 2.0) -> dict:
     return out
 
 
-def print_table(t: dict) -> None:
+def print_table(t: dict, dirs: list[Path] | None = None) -> None:
+    """The arena figures; with the proposal directories, the proposal-stage figures beside them."""
+    from scipy import stats
+
     print(f"root val_bpb by seed (replicates): {t['root']}")
     print(f"paired noise sd (same program, same seed; {t['sd_pair_df']} df): {t['sd_pair']:.4f}; "
           f"seed-to-seed sd of the root: {t['sd_seed']:.4f}; beats its parent: mean paired d < "
@@ -272,14 +302,28 @@ def print_table(t: dict) -> None:
     for prop, p in t["proposers"].items():
         for name, d, verdict, changes in p["children"]:
             print(f"  {prop:7s} {name}: {'' if d is None else f'{d:+.4f}'} {verdict}  {'; '.join(changes or [])}")
-    print("| proposer | measured | failed in the arena | beat parent beyond noise | worse beyond noise | "
-          "median paired d |")
-    print("|---|---|---|---|---|---|")
+    summaries = {}
+    for d in dirs or []:
+        if (d / "proposals.json").exists():
+            summaries[d.name] = json.loads((d / "proposals.json").read_text())["summary"]
+    print("| proposer | proposals | valid | refused as repeats (of children produced) | hypothesis matches "
+          "(rubric) | measured | failed in the arena | beat parent beyond noise | worse beyond noise | "
+          "paired d < 0 | median paired d | vs random (Mann-Whitney, d lower) |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    base = t["proposers"].get("random", {}).get("diffs", [])
     for prop, p in t["proposers"].items():
-        n = p["measured"]
-        med = f"{statistics.median(p['diffs']):+.4f}" if p["diffs"] else "-"
-        print(f"| {prop} | {n} | {p['failed']} | {p['beats']}/{n} ({p['beats'] / n:.0%}) | {p['worse']}/{n} | {med} |"
-              if n else f"| {prop} | 0 | {p['failed']} | - | - | - |")
+        sm = summaries.get(prop)
+        stage = (f"{sm['n']} | {sm['valid']}/{sm['n']} | {sm['repeats_refused']}/{sm['children_produced']} | "
+                 f"{sm['hypothesis_matches']}/{sm['valid']}" if sm else "- | - | - | -")
+        n, diffs = p["measured"], p["diffs"]
+        if not n:
+            print(f"| {prop} | {stage} | 0 | {p['failed']} | - | - | - | - | - |")
+            continue
+        vs = "-"
+        if prop != "random" and len(base) > 1 and len(diffs) > 1:
+            vs = f"p = {stats.mannwhitneyu(diffs, base, alternative='less').pvalue:.2f}"
+        print(f"| {prop} | {stage} | {n} | {p['failed']} | {p['beats']}/{n} ({p['beats'] / n:.0%}) | "
+              f"{p['worse']}/{n} | {sum(x < 0 for x in diffs)}/{n} | {statistics.median(diffs):+.4f} | {vs} |")
 
 
 def run_arena(args: argparse.Namespace) -> int:
@@ -387,7 +431,7 @@ def run_arena(args: argparse.Namespace) -> int:
     finally:
         arena.close()
     print("---")
-    print_table(table(results, args.seeds, args.k))
+    print_table(table(results, args.seeds, args.k), dirs)
     return 0
 
 
@@ -415,7 +459,7 @@ def main() -> int:
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     if args.table:
-        print_table(table(Path(args.table), args.seeds, args.k))
+        print_table(table(Path(args.table), args.seeds, args.k), [Path(d) for d in args.arena or []])
         return 0
     if args.arena:
         if not args.results:

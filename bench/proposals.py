@@ -5,7 +5,8 @@ or 1.5B model (llama.cpp, N threads, the typed move menu of agents.moves) or the
 random-move baseline (no LLM). It asks the three built-in personas in turn for N
 proposals on train_template.py. As in the loop, each prompt lists the hypotheses
 already tried, the novelty gate (agents.novelty) knows the parent and every valid child
-so far, and (unless `--no-preflight`) every child runs one sandboxed CPU step
+so far, `--parent-log` gives the parent's telemetry (population.telemetry) from its run
+logs as the loop does, and (unless `--no-preflight`) every child runs one sandboxed CPU step
 (arena.preflight) before it is accepted; a refusal goes back to the model. It prints
 per proposal: latency, tokens, valid or not, the hypothesis or the reason, the
 constants changed, the gate's refusals and the rubric's verdict; then:
@@ -98,6 +99,25 @@ def model_words(hypothesis: str) -> str:
     return hypothesis[m.end():] if m else hypothesis
 
 
+def parent_telemetry(logs: list[str]) -> str:
+    """The parent's telemetry as the loop shows it (population.telemetry), from run logs of
+    the parent (e.g. the arena stage's root runs); "" without logs."""
+    from population import telemetry
+
+    runs = [telemetry.parse_progress(Path(p).read_text()) for p in logs]
+    runs = [r for r in runs if r]
+    if not runs:
+        return ""
+    curve = []
+    for f in telemetry.CURVE_FRACTIONS:
+        losses = [x for r in runs if (x := telemetry.loss_at(r, f)) is not None]
+        if losses:
+            curve.append((f, statistics.fmean(losses)))
+    t = telemetry.Telemetry("root", len(runs), tuple(curve), statistics.fmean(r[-1].step for r in runs),
+                            statistics.fmean(r[-1].tokens_per_s for r in runs), None, None, None, None)
+    return telemetry.render(t)
+
+
 def run_proposals(args: argparse.Namespace) -> int:
     import contextlib
 
@@ -136,12 +156,13 @@ def run_proposals(args: argparse.Namespace) -> int:
         startup = time.monotonic() - t_start
         tried: list[str] = []
         known = [("root", template, "the parent")]
+        shown = parent_telemetry(args.parent_log or [])
         for i in range(args.n):
             persona = personas[i % len(personas)]
             ctx = ProposalContext(
                 persona=persona, program=PROGRAM, parent_id="root", parent_commit="0" * 40,
                 parent_train_py=template, tried=list(reversed(tried))[:10], noise_floor=args.noise_floor,
-                novelty=NoveltyIndex.build(known),
+                novelty=NoveltyIndex.build(known), telemetry=shown,
             )  # fmt: skip
             n_rec = len(records)
             t0 = time.monotonic()
@@ -445,6 +466,8 @@ def main() -> int:
     ap.add_argument("--out", default=None, help="directory for proposals.json and child_XX.py")
     ap.add_argument("--preflight", action=argparse.BooleanOptionalAction, default=True,
                     help="run every child one sandboxed CPU step before accepting it, as the loop does")
+    ap.add_argument("--parent-log", nargs="+", default=None,
+                    help="proposal stage: run logs of the parent, shown as its telemetry (as the loop does)")
     ap.add_argument("--arena", nargs="+", default=None, help="second stage: directories written by --out")
     ap.add_argument("--results", default=None, help="arena stage: JSON lines file of every run (appended)")
     ap.add_argument("--table", default=None, help="print the figures of a --results file and stop")

@@ -145,12 +145,30 @@ def candidate_telemetry(store: Store, candidate_id: str, budget_s: float | None 
                      train_wall, _mean(evals), budget_s)
 
 
+STILL_LEARNING = 0.05  # relative loss drop over the last quarter of the budget that counts as budget-bound
+
+
+def late_drop(t: Telemetry) -> float | None:
+    """How much the claimed loss fell over the last quarter of the budget, relative to
+    its value at 75% (None without both points)."""
+    curve = dict(t.curve)
+    a, b = curve.get(0.75), curve.get(1.0)
+    return (a - b) / a if a and b is not None and a > 0 else None
+
+
 def render(t: Telemetry) -> str:
-    """A few lines for the prompt; claims and measurements said apart."""
+    """A few lines for the prompt; claims and measurements said apart. A parent whose loss
+    still falls steeply at the end of its budget gets a line saying so in plain words
+    (small models do not read that off the curve)."""
     lines = [f"Parent {t.candidate_id}, over {t.n_runs} run(s):"]
     if t.curve:
         pts = ", ".join(f"{int(f * 100)}%: {loss:.3f}" for f, loss in t.curve)
         lines.append(f"- training loss at budget fractions (claimed by train.py): {pts}")
+        drop = late_drop(t)
+        if drop is not None and drop >= STILL_LEARNING:
+            lines.append(f"- the loss still fell {drop:.0%} over the last quarter of the budget: training is far "
+                         "from converged, so within this budget more steps (a cheaper step) or faster learning "
+                         "is likelier to help than a larger model")
     claims = []
     if t.steps is not None:
         claims.append(f"{t.steps:.0f} steps")

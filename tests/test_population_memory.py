@@ -3,6 +3,7 @@ and how both reach the prompt."""
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -110,6 +111,12 @@ def test_progress_lines_parse_and_the_parents_telemetry_labels_claims(tmp_path):
     text = telemetry.render(t)
     assert "training loss at budget fractions (claimed by train.py): 25%: 3.100, 50%: 2.600" in text
     assert "peak memory (measured by the arena): 300 MB" in text and "9,000 tokens/s" in text
+    assert telemetry.late_drop(t) is None and "converged" not in text  # the 75% point was nan
+    steep = dataclasses.replace(t, curve=((0.5, 3.0), (0.75, 2.5), (1.0, 2.2)))
+    assert telemetry.late_drop(steep) == pytest.approx(0.3 / 2.5)
+    assert "still fell 12% over the last quarter" in telemetry.render(steep)
+    flat = dataclasses.replace(t, curve=((0.75, 2.21), (1.0, 2.2)))
+    assert "far from converged" not in telemetry.render(flat)
 
 
 def test_memory_and_telemetry_reach_the_prompt_and_memory_is_trimmed_from_the_end():

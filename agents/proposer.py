@@ -116,7 +116,7 @@ class LLMProposer:
         except EditError as e:
             return InvalidEdit(ctx.parent_commit, persona.name, model, f"cannot build the prompt: {e}")
         try:
-            reply = self._call(persona, prompt.messages, fmt, base)
+            reply = self._call(persona, prompt.messages, fmt, base, ctx.novelty)
         except LLMCallFailed as e:
             return InvalidEdit(ctx.parent_commit, persona.name, model, f"llm call failed: {e}")
         refusals: list[Refusal] = []
@@ -146,7 +146,7 @@ class LLMProposer:
                 feedback = f"Your edit could not be applied: {result.reason}"
             log.info("%s: repair round trip: %s", persona.name, result.reason)
             try:
-                reply = self._call(persona, repair_messages(prompt, reply, feedback, fmt), fmt, base)
+                reply = self._call(persona, repair_messages(prompt, reply, feedback, fmt), fmt, base, ctx.novelty)
             except LLMCallFailed as e:
                 return replace(result, reason=f"{result.reason}; repair call failed: {e}")
 
@@ -251,11 +251,12 @@ class LLMProposer:
         whose replies a grammar keeps well-formed) a value the file refuses."""
         return fmt in ("knobs", "moves") or result.unmatched_block is not None
 
-    def _call(self, persona: Persona, messages: list[dict[str, str]], fmt: str, base: str) -> str:
+    def _call(self, persona: Persona, messages: list[dict[str, str]], fmt: str, base: str,
+              known: novelty.NoveltyIndex | None = None) -> str:
         response_format = None
         if fmt in ("moves", "knobs"):
             try:
-                schema = moves.schema(base) if fmt == "moves" else knob_schema(find_knobs(base))
+                schema = moves.schema(base, known) if fmt == "moves" else knob_schema(find_knobs(base))
             except EditError:
                 schema = None
             if schema is not None and is_local_base(persona.api_base):

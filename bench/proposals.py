@@ -156,6 +156,8 @@ def run_proposals(args: argparse.Namespace) -> int:
         startup = time.monotonic() - t_start
         tried: list[str] = []
         known = [("root", template, "the parent")]
+        for c in sorted(Path(args.known).glob("child_*.py")) if args.known else []:
+            known.append((f"earlier-{c.stem}", c.read_text(), "proposed"))  # as late in a run
         shown = parent_telemetry(args.parent_log or [])
         for i in range(args.n):
             persona = personas[i % len(personas)]
@@ -468,6 +470,8 @@ def main() -> int:
                     help="run every child one sandboxed CPU step before accepting it, as the loop does")
     ap.add_argument("--parent-log", nargs="+", default=None,
                     help="proposal stage: run logs of the parent, shown as its telemetry (as the loop does)")
+    ap.add_argument("--known", default=None,
+                    help="proposal stage: a directory of earlier children the novelty gate knows from the start")
     ap.add_argument("--arena", nargs="+", default=None, help="second stage: directories written by --out")
     ap.add_argument("--results", default=None, help="arena stage: JSON lines file of every run (appended)")
     ap.add_argument("--table", default=None, help="print the figures of a --results file and stop")

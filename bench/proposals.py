@@ -52,7 +52,7 @@ Usage:
     python bench/proposals.py --proposer large --n 24 --threads 1 --out /tmp/pb/large
     python bench/proposals.py --arena /tmp/pb/random /tmp/pb/small /tmp/pb/large \\
         --results /tmp/pb/arena.jsonl --budget 8 --seeds 2 --replicates 3 --devices cpu:2
-    python bench/proposals.py --table /tmp/pb/arena.jsonl --arena /tmp/pb/* --seeds 1
+    python bench/proposals.py --table /tmp/pb/arena.jsonl --arena /tmp/pb/random /tmp/pb/small /tmp/pb/large --seeds 1
 
 (the stages may run at once: the arena stage follows the proposal directories). It
 measures; it decides nothing and writes nothing outside --out and --results (and the

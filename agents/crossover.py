@@ -7,20 +7,26 @@ repository do a git merge of the two (`arena.repo.ExperimentRepo.merge`, done by
 repository, not here). A clean merge becomes a `Proposal` with edit_format "merge" and
 `second_parent_commit` set, validated like any other edit (compiles, keeps the
 contract, differs from both parents); a conflicting merge becomes an `InvalidEdit`.
+The loop calls `gated_crossover`, which then sends a clean merge through the same gate as
+every other proposal (agents.proposer.gate: the novelty gate, then the proposer's checks
+such as arena.preflight); a refused merge is an `InvalidEdit` carrying its `Refusal`, which
+the loop records like any refusal (events `novelty_refused` / `preflight_refused`).
 
-It calls no LLM, runs nothing and does not decide how often crossover happens.
+It calls no LLM and does not decide how often crossover happens; it runs code only
+through the checks it is given.
 """
 
 from __future__ import annotations
 
 import logging
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
 from agents.edits import EditError, validate_train_py
-from agents.proposal import ArchiveRow, InvalidEdit, Proposal
+from agents.novelty import Refusal
+from agents.proposal import ArchiveRow, InvalidEdit, Proposal, ProposalContext
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +53,11 @@ class CrossoverPair:
 class CrossoverResult:
     outcome: Proposal | InvalidEdit
     merge_commit: str | None  # the merge commit the repository made (None when not clean)
+
+    @property
+    def refusals(self) -> tuple[Refusal, ...]:
+        """The gate's refusals of this merge (the loop records each, as for any proposal)."""
+        return self.outcome.refusals
 
 
 def find_pairs(archive: list[ArchiveRow], lineage_of: Callable[[str], list[str]]) -> list[CrossoverPair]:
@@ -114,3 +125,19 @@ def crossover(repo: MergeRepo, pair: CrossoverPair, persona: str = "architect") 
         second_parent_commit=b,
     )
     return CrossoverResult(proposal, merged)
+
+
+def gated_crossover(repo: MergeRepo, pair: CrossoverPair, ctx: ProposalContext,
+                    checks: Sequence[Callable[[ProposalContext, Proposal], Refusal | None]] = ()) -> CrossoverResult:
+    """`crossover`, then the gate every proposal passes before the arena: a merge that
+    repeats a program of `ctx.novelty`, or that one of `checks` refuses, becomes an
+    InvalidEdit with the refusal (there is no model to ask again: the merge is final)."""
+    from agents.proposer import gate, refused
+
+    result = crossover(repo, pair, ctx.persona)
+    if not isinstance(result.outcome, Proposal):
+        return result
+    refusal = gate(ctx, result.outcome, checks)
+    if refusal is None:
+        return result
+    return CrossoverResult(refused(result.outcome, refusal, (refusal,)), result.merge_commit)

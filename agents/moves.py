@@ -7,8 +7,9 @@ activation. `schema` turns the menu into the JSON schema a small model answers u
 (llama.cpp compiles it into a grammar, so the reply is always one of the listed moves);
 `apply` turns a chosen move into the child's source, and `describe` into the words
 that open its hypothesis, which therefore always names what changed. A move that would
-break a constraint is not on the menu (scale factors and head counts are filtered), and
-`apply` re-checks, so a `set` with a bad value is an EditError a repair round trip can
+break a constraint is not on the menu (scale factors and head counts are filtered), nor,
+given the run's programs, one whose child would repeat a known program, and `apply`
+re-checks, so a `set` with a bad value is an EditError a repair round trip can
 quote.
 
 The reply format (edit format ``moves``)::
@@ -28,7 +29,7 @@ import json
 import random
 from dataclasses import dataclass
 
-from agents import constants
+from agents import constants, novelty
 from agents.edits import (
     EditError,
     Knob,
@@ -38,6 +39,7 @@ from agents.edits import (
     apply_knobs,
     find_knobs,
 )
+from agents.novelty import NoveltyIndex
 
 SCALE_FACTORS = (0.5, 0.75, 1.25, 1.5, 2.0)
 ACTIVATIONS = {  # name -> source, with {x} for the MLP's hidden pre-activation
@@ -223,11 +225,29 @@ def _replace_value(source: str, k: Knob, new: str) -> str:
     return "".join(lines)
 
 
-def menu(source: str) -> list[Move]:
+def menu(source: str, known: NoveltyIndex | None = None) -> list[Move]:
     """Every move of the closed part of the menu that applies to `source` and keeps the
     constraints (scale, optimizer, depth, activation); `set` moves are open-valued and
-    listed by `schema` instead."""
-    return list(_menu(source))
+    listed by `schema` instead. With `known` (the run's programs, agents.novelty), a move
+    whose child would repeat one of them is left out: a model answering under the schema
+    cannot pick it (small models otherwise re-propose a refused repeat)."""
+    out = list(_menu(source))
+    if known is None or not len(known):
+        return out
+    fresh = []
+    for m in out:
+        try:
+            if novelty.check(_applied(source, m), known) is None:
+                fresh.append(m)
+        except EditError:
+            continue
+    return fresh
+
+
+@functools.lru_cache(maxsize=512)
+def _applied(source: str, move: Move) -> str:
+    """`apply`, remembered: the menu of one parent is filtered again for every prompt."""
+    return apply(source, move)
 
 
 @functools.lru_cache(maxsize=64)
@@ -272,10 +292,11 @@ _SET_TYPES = {"int": {"type": "integer"}, "float": {"type": "number"}, "bool": {
               "str": {"type": "string", "maxLength": 40}}
 
 
-def schema(source: str) -> dict:
-    """The JSON schema of a reply: one move of `menu(source)` (or a typed `set`) and a
-    reason. Enumerations carry only the values that keep the constraints."""
-    moves = menu(source)
+def schema(source: str, known: NoveltyIndex | None = None) -> dict:
+    """The JSON schema of a reply: one move of `menu(source, known)` (or a typed `set`)
+    and a reason. Enumerations carry only the values that keep the constraints (and, with
+    `known`, do not repeat a known program)."""
+    moves = menu(source, known)
     alts: list[dict] = []
     by_name: dict[str, list[float]] = {}
     for m in moves:
@@ -305,9 +326,9 @@ def _obj(props: dict) -> dict:
     return {"type": "object", "properties": props, "required": list(props), "additionalProperties": False}
 
 
-def render_menu(source: str) -> str:
-    """The menu as prompt text: one line per kind of move, with its allowed values."""
-    moves = menu(source)
+def render_menu(source: str, known: NoveltyIndex | None = None) -> str:
+    """The menu as prompt text: one line per kind of move, with its allowed values (as `schema`)."""
+    moves = menu(source, known)
     knobs = find_knobs(source)
     vals = constants.values(source)
     lines = []

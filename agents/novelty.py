@@ -1,8 +1,10 @@
 """The novelty gate: refuse a proposal that repeats one already measured or refused.
 
-Flow: the population builds a `NoveltyIndex` from every candidate it has committed
-(measured, refused or still queued, the parent and its ancestors included) and hands
-it to the proposer in the `ProposalContext`; `LLMProposer` calls `check` on each valid
+Flow: the population builds a `NoveltyIndex` from every candidate committed as of the
+archive version the child was planned from, plus the siblings planned before it
+(measured, refused or still queued, the parent and its ancestors included;
+population.planning.Planner.novelty_index) and hands it to the proposer in the
+`ProposalContext`; crossovers pass the same gate (agents.crossover.gated_crossover); `LLMProposer` calls `check` on each valid
 child before it returns it. A repeat is a `Refusal` whose reason the model sees in a
 repair round trip ("propose something else"), and the loop counts every refusal as
 device time saved (an event). Two programs are the same when

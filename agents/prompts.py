@@ -194,7 +194,7 @@ def build_prompt(
     code_src = ctx.repair_train_py if (ctx.repair_of and ctx.repair_train_py) else ctx.parent_train_py
     try:
         knobs = find_knobs(code_src) if fmt == "knobs" else {}
-        menu = moves.render_menu(code_src) if fmt == "moves" else ""
+        menu = moves.render_menu(code_src, ctx.novelty) if fmt == "moves" else ""
     except EditError:
         knobs, menu = {}, ""
     code_truncated = False

@@ -10,7 +10,8 @@ on a malformed reply. It raises only what should stop the run: `MissingAPIKey`,
 `LLMConfigError`, `CostCeilingReached` and `PersonaConfigError`.
 
 It does not pick parents or personas, commit to git, or run guards (the arena does);
-crossover contexts are handled by agents.crossover, not here.
+crossover contexts are handled by agents.crossover, not here (`gate`, the novelty gate
+and the caller's checks, is shared with it).
 """
 
 from __future__ import annotations
@@ -57,6 +58,25 @@ Check = Callable[[ProposalContext, Proposal], "Refusal | None"]
 RANDOM_DRAWS = 20
 
 
+def gate(ctx: ProposalContext, proposal: Proposal, checks: Sequence[Check] = ()) -> Refusal | None:
+    """The checks a valid child passes before it may reach the arena: novelty against
+    the run's programs (`ctx.novelty`), then `checks` in order (e.g. arena.preflight's
+    one-step run). The first refusal, or None."""
+    refusal = novelty.check(proposal.train_py, ctx.novelty)
+    for check in checks:
+        if refusal is not None:
+            break
+        refusal = check(ctx, proposal)
+    return refusal
+
+
+def refused(proposal: Proposal, refusal: Refusal, refusals: Sequence[Refusal], raw_reply: str = "") -> InvalidEdit:
+    """A child the gate refused, as the InvalidEdit the loop records (`refusals` ends with `refusal`)."""
+    return InvalidEdit(proposal.parent_commit, proposal.persona, proposal.model,
+                       f"refused before the arena ({refusal.kind}): {refusal.reason}", raw_reply,
+                       proposal.hypothesis, tuple(refusals))
+
+
 class LLMProposer:
     """Proposes children with LLM personas. `personas` maps names to configured
     personas (each with a model); `client` does the calls and the accounting.
@@ -96,7 +116,7 @@ class LLMProposer:
         except EditError as e:
             return InvalidEdit(ctx.parent_commit, persona.name, model, f"cannot build the prompt: {e}")
         try:
-            reply = self._call(persona, prompt.messages, fmt, base)
+            reply = self._call(persona, prompt.messages, fmt, base, ctx.novelty)
         except LLMCallFailed as e:
             return InvalidEdit(ctx.parent_commit, persona.name, model, f"llm call failed: {e}")
         refusals: list[Refusal] = []
@@ -109,10 +129,7 @@ class LLMProposer:
                 if refusal is None:
                     return replace(result, refusals=tuple(refusals))
                 refusals.append(refusal)
-                result = InvalidEdit(
-                    ctx.parent_commit, persona.name, model, f"refused before the arena ({refusal.kind}): "
-                    f"{refusal.reason}", reply[:20000], result.hypothesis, tuple(refusals),
-                )  # fmt: skip
+                result = refused(result, refusal, refusals, reply[:20000])
                 if gate_repairs >= self.max_gate_repairs:
                     return result
                 gate_repairs += 1
@@ -129,19 +146,12 @@ class LLMProposer:
                 feedback = f"Your edit could not be applied: {result.reason}"
             log.info("%s: repair round trip: %s", persona.name, result.reason)
             try:
-                reply = self._call(persona, repair_messages(prompt, reply, feedback, fmt), fmt, base)
+                reply = self._call(persona, repair_messages(prompt, reply, feedback, fmt), fmt, base, ctx.novelty)
             except LLMCallFailed as e:
                 return replace(result, reason=f"{result.reason}; repair call failed: {e}")
 
     def _gate(self, ctx: ProposalContext, proposal: Proposal) -> Refusal | None:
-        """The checks a valid child passes before it may reach the arena: novelty against
-        the run's programs, then the caller's checks (e.g. arena.preflight)."""
-        refusal = novelty.check(proposal.train_py, ctx.novelty)
-        for check in self.checks:
-            if refusal is not None:
-                break
-            refusal = check(ctx, proposal)
-        return refusal
+        return gate(ctx, proposal, self.checks)
 
     def _random(self, ctx: ProposalContext, persona: Persona) -> Proposal | InvalidEdit:
         """The random-mutation baseline: a random move of the menu, no LLM; a move the
@@ -241,11 +251,12 @@ class LLMProposer:
         whose replies a grammar keeps well-formed) a value the file refuses."""
         return fmt in ("knobs", "moves") or result.unmatched_block is not None
 
-    def _call(self, persona: Persona, messages: list[dict[str, str]], fmt: str, base: str) -> str:
+    def _call(self, persona: Persona, messages: list[dict[str, str]], fmt: str, base: str,
+              known: novelty.NoveltyIndex | None = None) -> str:
         response_format = None
         if fmt in ("moves", "knobs"):
             try:
-                schema = moves.schema(base) if fmt == "moves" else knob_schema(find_knobs(base))
+                schema = moves.schema(base, known) if fmt == "moves" else knob_schema(find_knobs(base))
             except EditError:
                 schema = None
             if schema is not None and is_local_base(persona.api_base):

@@ -182,11 +182,11 @@ class GenerationLoop:
         self._local.candidate_id = cid
         try:
             if ctx.second_parent_commit:
-                from agents.crossover import CrossoverPair, crossover
+                from agents.crossover import CrossoverPair, gated_crossover
 
                 rows = {r.commit: r for r in self.planner.archive_rows(self.state.cands[cid].archive_version)}
                 pair = CrossoverPair(rows[ctx.parent_commit], rows[ctx.second_parent_commit], "", 0)
-                return crossover(self.repo, pair, ctx.persona)  # type: ignore[arg-type]
+                return gated_crossover(self.repo, pair, ctx, getattr(self.proposer, "checks", ()))  # type: ignore[arg-type]
             return self.proposer.propose(ctx)
         finally:
             self._local.candidate_id = None

@@ -177,7 +177,7 @@ class Planner:
             repair_of = Failure(f.id, f.persona, f.hypothesis, rec.statuses.get(f.id, f.status.value), f.message[-2000:])
             repair_py = self.read_train_py(f.commit or "")
         second = st.cands[c.second_parent_id] if c.second_parent_id else None
-        parent_runs = telemetry.candidate_telemetry(st.store, parent.id, self.cfg.budget_s)
+        parent_runs = telemetry.candidate_telemetry(st.store, parent.id, self.cfg.budget_s, as_of=v)
         return ProposalContext(
             persona=c.persona, program=self.cfg.prose, parent_id=parent.id,
             parent_commit=parent.commit or "", parent_train_py=self.read_train_py(parent.commit or ""),
@@ -187,9 +187,28 @@ class Planner:
             second_parent_train_py=self.read_train_py(second.commit or "") if second else None,
             memory=memory.digest(st.store, self.read_train_py, parent.id, as_of=v),
             telemetry=telemetry.render(parent_runs) if parent_runs else "",
-            novelty=NoveltyIndex.build((o.id, self.read_train_py(o.commit), o.status.value)
-                                       for o in st.cands.values() if o.commit),
+            novelty=self.novelty_index(c),
         )
+
+    def novelty_index(self, c: Candidate) -> NoveltyIndex:
+        """The programs child `c` may not repeat, as of the archive version it saw: every
+        candidate of a generation up to that version (with its status then), and the
+        siblings planned before it (`tried` makes c wait for them; "queued"). Candidates
+        proposed meanwhile are not in it (the loop's guard refuses a duplicate of them)."""
+        v = c.archive_version
+        statuses = self.state.generation(v).statuses
+        programs = []
+        for o in self.state.in_plan_order():
+            if not o.commit:
+                continue
+            if o.generation <= v:
+                outcome = statuses.get(o.id, "queued")
+            elif o.parent_id == c.parent_id and (o.generation, o.idx) < (c.generation, c.idx):
+                outcome = "queued"
+            else:
+                continue
+            programs.append((o.id, self.read_train_py(o.commit), outcome))
+        return NoveltyIndex.build(programs)
 
     def archive_rows(self, v: int) -> list[ArchiveRow]:
         rows = []

@@ -55,11 +55,17 @@ def _mean(xs: list[float]) -> float | None:
 
 
 def candidate_telemetry(store: Store, candidate_id: str, budget_s: float | None = None,
-                        read_log: Callable[[str], str] = read_log) -> Telemetry | None:
-    """The telemetry of a candidate's finished successful runs, or None when it has none."""
-    rows = list(store.db.query(
-        "SELECT log_path, peak_mem_mb, training_seconds, wall_seconds, claimed FROM evaluations "
-        "WHERE candidate_id = ? AND status = 'evaluated' ORDER BY id", [candidate_id]))
+                        read_log: Callable[[str], str] = read_log, as_of: int | None = None) -> Telemetry | None:
+    """The telemetry of a candidate's finished successful runs, or None when it has none.
+    `as_of`: only runs of generations up to that archive version (all of them finished
+    when it was recorded), so a resumed run reads the same; None: every run so far."""
+    sql = ("SELECT log_path, peak_mem_mb, training_seconds, wall_seconds, claimed FROM evaluations "
+           "WHERE candidate_id = ? AND status = 'evaluated'")
+    params: list = [candidate_id]
+    if as_of is not None:
+        sql += " AND generation <= ?"
+        params.append(as_of)
+    rows = list(store.db.query(sql + " ORDER BY id", params))
     if not rows:
         return None
     curves: dict[float, list[float]] = {f: [] for f in CURVE_FRACTIONS}
@@ -93,12 +99,30 @@ def candidate_telemetry(store: Store, candidate_id: str, budget_s: float | None 
                      train_wall, _mean(evals), budget_s)
 
 
+STILL_LEARNING = 0.05  # relative loss drop over the last quarter of the budget that counts as budget-bound
+
+
+def late_drop(t: Telemetry) -> float | None:
+    """How much the claimed loss fell over the last quarter of the budget, relative to
+    its value at 75% (None without both points)."""
+    curve = dict(t.curve)
+    a, b = curve.get(0.75), curve.get(1.0)
+    return (a - b) / a if a and b is not None and a > 0 else None
+
+
 def render(t: Telemetry) -> str:
-    """A few lines for the prompt; claims and measurements said apart."""
+    """A few lines for the prompt; claims and measurements said apart. A parent whose loss
+    still falls steeply at the end of its budget gets a line saying so in plain words
+    (small models do not read that off the curve)."""
     lines = [f"Parent {t.candidate_id}, over {t.n_runs} run(s):"]
     if t.curve:
         pts = ", ".join(f"{int(f * 100)}%: {loss:.3f}" for f, loss in t.curve)
         lines.append(f"- training loss at budget fractions (claimed by train.py): {pts}")
+        drop = late_drop(t)
+        if drop is not None and drop >= STILL_LEARNING:
+            lines.append(f"- the loss still fell {drop:.0%} over the last quarter of the budget: training is far "
+                         "from converged, so within this budget more steps (a cheaper step) or faster learning "
+                         "is likelier to help than a larger model")
     claims = []
     if t.steps is not None:
         claims.append(f"{t.steps:.0f} steps")

@@ -144,6 +144,18 @@ def test_the_same_code_after_renaming_and_reformatting_is_a_repeat():
     assert novelty.check(changed, index) is None
 
 
+@pytest.mark.slow
+def test_the_menu_and_its_schema_leave_out_moves_that_repeat_a_known_program():
+    seen = apply_knobs(TEMPLATE, {"DEPTH": 5})
+    index = NoveltyIndex.build([("root", TEMPLATE, "measured"), ("g001c00", seen, "rejected: not better")])
+    full, fresh = moves.menu(TEMPLATE), moves.menu(TEMPLATE, index)
+    assert [m for m in full if m not in fresh] == [moves.Move("depth", delta=1)]
+    depth = next(a for a in moves.schema(TEMPLATE, index)["properties"]["move"]["anyOf"]
+                 if a["properties"]["op"] == {"const": "depth"})
+    assert depth["properties"]["delta"]["enum"] == [-1]
+    assert '"op": "depth", "delta": one of -1}' in moves.render_menu(TEMPLATE, index)
+
+
 def test_a_repeat_goes_back_to_the_model_and_is_counted_on_the_answer():
     seen = apply_knobs(TEMPLATE, {"DEPTH": 5})
     index = NoveltyIndex.build([("root", TEMPLATE, "measured"), ("g001c00", seen, "rejected: not better")])
@@ -152,7 +164,10 @@ def test_a_repeat_goes_back_to_the_model_and_is_counted_on_the_answer():
     with ScriptedLLMServer([again, other]) as srv:
         out = build_proposer(config_for(srv), None, None).propose(ctx(novelty=index))
         repair = srv.requests[1]["messages"][-1]["content"]
+        offered = srv.requests[0]["response_format"]["schema"]["properties"]["move"]["anyOf"]
     assert "g001c00" in repair and "refused before any training" in repair
+    assert {"const": "depth"} in [a["properties"]["op"] for a in offered]
+    assert all(a["properties"].get("delta", {}).get("enum") != [1, -1] for a in offered)
     assert isinstance(out, Proposal) and "DEPTH = 3" in out.train_py
     assert [r.duplicate_of for r in out.refusals] == ["g001c00"]
     with ScriptedLLMServer([again] * 3) as srv:

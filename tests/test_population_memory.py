@@ -3,7 +3,10 @@ and how both reach the prompt."""
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
+
+import pytest
 
 from agents.edits import apply_knobs
 from agents.personas import load_personas
@@ -108,6 +111,12 @@ def test_progress_lines_parse_and_the_parents_telemetry_labels_claims(tmp_path):
     text = telemetry.render(t)
     assert "training loss at budget fractions (claimed by train.py): 25%: 3.100, 50%: 2.600" in text
     assert "peak memory (measured by the arena): 300 MB" in text and "9,000 tokens/s" in text
+    assert telemetry.late_drop(t) is None and "converged" not in text  # the 75% point was nan
+    steep = dataclasses.replace(t, curve=((0.5, 3.0), (0.75, 2.5), (1.0, 2.2)))
+    assert telemetry.late_drop(steep) == pytest.approx(0.3 / 2.5)
+    assert "still fell 12% over the last quarter" in telemetry.render(steep)
+    flat = dataclasses.replace(t, curve=((0.75, 2.21), (1.0, 2.2)))
+    assert "far from converged" not in telemetry.render(flat)
 
 
 def test_memory_and_telemetry_reach_the_prompt_and_memory_is_trimmed_from_the_end():
@@ -158,3 +167,51 @@ def test_the_loop_gives_memory_and_novelty_to_the_proposer_and_counts_refusals(t
     assert later and later[-1].memory.startswith("2 children so far")  # generation 2 sees generation 1
     assert len(events) == len(proposer.contexts) == 4
     assert '"saved_runs": 1' in events[0]["payload"] and "repeats root" in events[0]["message"]
+
+
+class RecordingProposer:
+    """The simulated knob proposer, keeping every context it was given."""
+
+    def __init__(self) -> None:
+        from population.simulated import KnobProposer
+
+        self.inner = KnobProposer()
+        self.contexts: list[ProposalContext] = []
+
+    def propose(self, ctx: ProposalContext):
+        self.contexts.append(ctx)
+        return self.inner.propose(ctx)
+
+
+@pytest.mark.slow
+def test_a_resumed_run_rebuilds_the_same_context_for_every_child(tmp_path):
+    """Telemetry, memory and the novelty index are read as of the archive version a child
+    was planned from: rebuilt after the run (its parents measured again, later children
+    committed), each child's context is the one its proposer got."""
+    proposer = RecordingProposer()
+    cfg = ProgramConfig(generations=3, population=3, seed=3, lookahead=2)
+    loop, store, _, arena = simulated_loop(tmp_path / "run", cfg, proposer=proposer)
+    try:
+        loop.run()
+    finally:
+        arena.close()
+        store.close()
+    resumed, store, _, arena = simulated_loop(tmp_path / "run", cfg)  # a fresh process on the same run
+    try:
+        st, planner = resumed.state, resumed.planner
+        children = [c for c in st.in_plan_order() if c.parent_id is not None]
+        rebuilt = [planner.build_context(c, planner.tried(c)) for c in children]
+        # what an unpinned read would show now: the parents' later runs, every later program
+        later = [(telemetry.candidate_telemetry(store, c.parent_id, cfg.budget_s),
+                  telemetry.candidate_telemetry(store, c.parent_id, cfg.budget_s, as_of=c.archive_version))
+                 for c in children]
+    finally:
+        arena.close()
+        store.close()
+    assert len(children) == len(proposer.contexts) == 9
+    for ctx in rebuilt:
+        assert ctx in proposer.contexts
+    assert any(now != then for now, then in later), "no parent was measured again: the test proves nothing"
+    assert any(ctx.telemetry and ctx.memory for ctx in rebuilt)
+    last = rebuilt[-1]  # a child of the last generation does not see its own generation's later siblings
+    assert not any(k.candidate_id == children[-1].id for k in last.novelty.by_code.values())

@@ -442,10 +442,14 @@ def run_repeat(args: argparse.Namespace, r: int, salt: int, proposer: Any, perso
         code = proc.wait()
         wall = time.monotonic() - t0
         ours_log.close()
-        if code != 0:
-            tail = (out / "ours.log").read_text(encoding="utf-8", errors="replace")[-600:]
-            raise HeadToHeadError(f"ours (evolve) exited with {code}; its log {out / 'ours.log'} ends: {tail}")
-        res = read_ours(ours_dir, args.budget, wall)
+        try:
+            if code != 0:
+                tail = (out / "ours.log").read_text(encoding="utf-8", errors="replace")[-600:]
+                raise HeadToHeadError(f"ours (evolve) exited with {code}; its log {out / 'ours.log'} ends: {tail}")
+            res = read_ours(ours_dir, args.budget, wall)
+        except BaseException:
+            pacer.finish(0)  # greedy stops instead of waiting for runs that will never come
+            raise
         pacer.finish(res.runs)
         print(f"  ours: {res.runs} runs, {res.proposals} proposals ({res.valid} valid), {res.confirmed} confirmed, "
               f"best {res.best_id} val {res.best_val_bpb:.4f}, wall {wall:.0f} s", flush=True)
@@ -590,7 +594,8 @@ def _bench(args: argparse.Namespace) -> int:
           f"final: {args.final_seeds} fresh seeds {seeds} on the test split; embedded model {args.local_model}; "
           f"personas {sorted(personas)}; out {args.out}; {os.cpu_count()} CPUs, load {os.getloadavg()[0]:.1f}",
           flush=True)
-    print("ours' command: " + " ".join(ours_command(args, args.out / "repeat-R" / "ours", -1)), flush=True)
+    shown = " ".join(ours_command(args, args.out / "repeat-R" / "ours", 0)).replace("--seed 0", "--seed SALT+R")
+    print(f"ours' command (repeat R): {shown}", flush=True)
     t0 = time.monotonic()
     rows: list[RepeatResult] = []
     with contextlib.ExitStack() as stack:
@@ -603,11 +608,17 @@ def _bench(args: argparse.Namespace) -> int:
         for r in range(args.repeats):
             salt = args.salt + r
             print(f"\nrepeat {r} (salt {salt}), load {os.getloadavg()[0]:.1f}", flush=True)
-            rows.append(run_repeat(args, r, salt, proposer, personas, cfg.prose, scorer, seeds))
+            try:
+                rows.append(run_repeat(args, r, salt, proposer, personas, cfg.prose, scorer, seeds))
+            except HeadToHeadError as exc:  # one failed repeat does not lose the others
+                print(f"  repeat {r} failed, left out of the table: {exc}", flush=True)
+                continue
             x = rows[-1]
             print(f"  test bpb: root {x.root_test:.4f}, ours {x.ours_test:.4f}, greedy {x.greedy_test:.4f}",
                   flush=True)
             (args.out / "results.json").write_text(json.dumps([asdict(x) for x in rows], indent=1, default=str))
+            if r + 1 < args.repeats:  # the table so far, in case the bench is stopped before the end
+                print(f"\nafter {r + 1} repeat(s), {time.monotonic() - t0:.0f} s:\n{table(rows)}", flush=True)
     print(f"\n({time.monotonic() - t0:.0f} s wall; load average at the end {os.getloadavg()[0]:.1f} on "
           f"{os.cpu_count()} CPUs: wall times depend on machine load, the scores do not)\n")
     print(table(rows), flush=True)

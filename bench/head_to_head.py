@@ -57,12 +57,14 @@ import logging
 import math
 import os
 import random
+import signal
 import statistics
 import subprocess
 import sys
 import threading
 import time
 from collections.abc import Callable, Iterable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -418,7 +420,8 @@ class RepeatResult:
 
 
 def run_repeat(args: argparse.Namespace, r: int, salt: int, proposer: Any, personas: dict[str, tuple[str, float]],
-               program: str, scorer: FinalScorer, seeds: list[int]) -> RepeatResult:
+               program: str, seeds: list[int]) -> Searched:
+    """Both searches of repeat r, side by side (or one after the other, `--schedule apart`)."""
     from arena.devices import detect_slots
     from arena.local import LocalArena
     from arena.repo import ExperimentRepo
@@ -492,12 +495,34 @@ def run_repeat(args: argparse.Namespace, r: int, salt: int, proposer: Any, perso
     root_py = (ROOT / "train_template.py").read_text(encoding="utf-8")
     ours_py = ExperimentRepo.open(ours_dir).read_file(ours.best_commit, "train.py")
     greedy_py = repo.read_file(greedy.best_commit, "train.py")
-    scores = scorer.score([root_py, ours_py, greedy_py], seeds)
-    return RepeatResult(
-        r, salt, mean_test(scores[_sha(root_py)]), mean_test(scores[_sha(ours_py)]),
-        mean_test(scores[_sha(greedy_py)]), ours, greedy.runs, greedy.proposals, greedy.valid, greedy.kept,
-        greedy.device_s, greedy_wall, greedy.best_val_bpb, tuple(seeds),
+    return Searched(r, salt, ours, greedy, greedy_wall, root_py, ours_py, greedy_py)
+
+
+@dataclass(frozen=True)
+class Searched:
+    """A repeat whose two searches are done and whose winners wait for the final scoring."""
+
+    repeat: int
+    salt: int
+    ours: OursResult
+    greedy: GreedyResult
+    greedy_wall_s: float
+    root_py: str
+    ours_py: str
+    greedy_py: str
+
+
+def score_repeat(x: Searched, scorer: FinalScorer, seeds: list[int]) -> RepeatResult:
+    scores = scorer.score([x.root_py, x.ours_py, x.greedy_py], seeds)
+    g = x.greedy
+    res = RepeatResult(
+        x.repeat, x.salt, mean_test(scores[_sha(x.root_py)]), mean_test(scores[_sha(x.ours_py)]),
+        mean_test(scores[_sha(x.greedy_py)]), x.ours, g.runs, g.proposals, g.valid, g.kept,
+        g.device_s, x.greedy_wall_s, g.best_val_bpb, tuple(seeds),
     )
+    print(f"  repeat {x.repeat} test bpb: root {res.root_test:.4f}, ours {res.ours_test:.4f}, "
+          f"greedy {res.greedy_test:.4f}", flush=True)
+    return res
 
 
 # -- the table ----------------------------------------------------------------------------------
@@ -569,11 +594,17 @@ def main(argv: list[str] | None = None) -> int:
     if not (args.data_dir / "manifest.json").is_file():
         ap.error(f"no prepared data at {args.data_dir}: run `evolve prepare` or pass --data-dir")
     args.out.mkdir(parents=True, exist_ok=True)
+    signal.signal(signal.SIGTERM, _stop)
     try:
         return _bench(args)
     except HeadToHeadError as exc:
         print(f"head_to_head: error: {exc}", file=sys.stderr)
         return 1
+
+
+def _stop(signum: int, frame: object) -> None:
+    """SIGTERM stops like Ctrl-C: the runs are cancelled and ours' evolve is stopped."""
+    raise KeyboardInterrupt
 
 
 def _bench(args: argparse.Namespace) -> int:
@@ -605,20 +636,35 @@ def _bench(args: argparse.Namespace) -> int:
         proposer = agents.build_proposer(pcfg, None, None, embedded=model, checks=[preflight])
         scorer = FinalScorer(args.out, args.data_dir, args.final_slots, args.threads, args.budget)
         stack.callback(scorer.close)
+        # the final scoring of repeat r runs beside the searches of repeat r + 1 (one worker:
+        # one consumer of the final arena); the scores do not depend on load, the wall times do
+        pool = stack.enter_context(ThreadPoolExecutor(max_workers=1, thread_name_prefix="final"))
+        pending: list[Future] = []
+
+        def collect(wait: bool) -> None:
+            for fut in [f for f in pending if wait or f.done()]:
+                pending.remove(fut)
+                try:
+                    rows.append(fut.result())
+                except HeadToHeadError as exc:
+                    print(f"  a final scoring failed, its repeat is left out: {exc}", flush=True)
+                    continue
+                rows.sort(key=lambda x: x.repeat)
+                (args.out / "results.json").write_text(json.dumps([asdict(x) for x in rows], indent=1, default=str))
+                print(f"\nafter {len(rows)} scored repeat(s), {time.monotonic() - t0:.0f} s:\n{table(rows)}\n",
+                      flush=True)
+
         for r in range(args.repeats):
             salt = args.salt + r
             print(f"\nrepeat {r} (salt {salt}), load {os.getloadavg()[0]:.1f}", flush=True)
             try:
-                rows.append(run_repeat(args, r, salt, proposer, personas, cfg.prose, scorer, seeds))
+                searched = run_repeat(args, r, salt, proposer, personas, cfg.prose, seeds)
             except HeadToHeadError as exc:  # one failed repeat does not lose the others
                 print(f"  repeat {r} failed, left out of the table: {exc}", flush=True)
                 continue
-            x = rows[-1]
-            print(f"  test bpb: root {x.root_test:.4f}, ours {x.ours_test:.4f}, greedy {x.greedy_test:.4f}",
-                  flush=True)
-            (args.out / "results.json").write_text(json.dumps([asdict(x) for x in rows], indent=1, default=str))
-            if r + 1 < args.repeats:  # the table so far, in case the bench is stopped before the end
-                print(f"\nafter {r + 1} repeat(s), {time.monotonic() - t0:.0f} s:\n{table(rows)}", flush=True)
+            pending.append(pool.submit(score_repeat, searched, scorer, seeds))
+            collect(wait=False)
+        collect(wait=True)
     print(f"\n({time.monotonic() - t0:.0f} s wall; load average at the end {os.getloadavg()[0]:.1f} on "
           f"{os.cpu_count()} CPUs: wall times depend on machine load, the scores do not)\n")
     print(table(rows), flush=True)

@@ -597,6 +597,17 @@ def table(rows: list[RepeatResult]) -> str:
     return "\n".join(lines)
 
 
+def load_results(paths: list[Path]) -> list[RepeatResult]:
+    """The repeats in results.json files of earlier runs (e.g. two benches with other salts)."""
+    rows = []
+    for path in paths:
+        for d in json.loads(path.read_text(encoding="utf-8")):
+            d["ours"] = OursResult(**d["ours"])
+            d["final_seeds"] = tuple(d["final_seeds"])
+            rows.append(RepeatResult(**d))
+    return sorted(rows, key=lambda x: (x.salt, x.repeat))
+
+
 # -- main ---------------------------------------------------------------------------------------
 
 
@@ -620,7 +631,12 @@ def main(argv: list[str] | None = None) -> int:
                          "chapter: evaluation splits of ~5%% each, so evaluations are cheaper (400: ~24k tokens each)")
     ap.add_argument("--out", type=Path, default=None, help="directory for the runs and results.json (new)")
     ap.add_argument("-v", "--verbose", action="store_true")
+    ap.add_argument("--merge", type=Path, nargs="+", metavar="RESULTS_JSON",
+                    help="run nothing: print one table of the repeats in these results.json files")
     args = ap.parse_args(argv)
+    if args.merge:
+        print(table(load_results(args.merge)))
+        return 0
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(asctime)s %(name)s %(levelname)s: %(message)s")
     import prepare

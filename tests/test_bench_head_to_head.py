@@ -86,3 +86,16 @@ def test_table_counts_wins(tmp_path):
     assert "ours lower than greedy in 1 of 3" in text
     assert "ours lower than the root in 2 of 3" in text
     assert "| mean | | 2.0000 | 1.8750 | 1.9000 |" in text
+
+
+def test_results_json_round_trips_for_merge(tmp_path):
+    import json
+    from dataclasses import asdict
+
+    ours = h2h.OursResult("d", "root", "abc", 1.0, 7, 2, 2, 0, 8.0, 100.0)
+    rows = [h2h.RepeatResult(i, 3 + i, 2.0, 2.0, 1.9, ours, 7, 7, 6, 1, 56.0, 90.0, 1.9, (900000, 900001))
+            for i in range(2)]
+    path = tmp_path / "results.json"
+    path.write_text(json.dumps([asdict(x) for x in rows], default=str))
+    assert h2h.load_results([path]) == rows
+    assert h2h.main(["--merge", str(path)]) == 0

@@ -32,7 +32,9 @@ greedy: its last kept train.py) and the root are re-run on `--final-seeds` fresh
 that neither search used (the same seeds in every repeat, so the root is measured once)
 and scored on the TEST split by the trusted evaluator (arena.evaluate scores val and
 test on every run; `RunResult.test_bpb`). A file measured once on a seed is not measured
-again (same file, same seed: the same run).
+again within one bench: every repeat compares against the same root runs. (A re-run would
+not repeat the number exactly: the CPU-second budget ends at a step count that still
+varies with contention, see docs/search.md.)
 
 It prints one markdown table (per repeat: root's, ours' and greedy's test bpb, mean over
 the fresh seeds; runs, proposals and device seconds of each; wall seconds), the means,

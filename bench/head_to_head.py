@@ -16,14 +16,15 @@ Per repeat (a run seed / salt), on CPU:
 Equal device time: device time is counted as the sum of the runs' training budgets
 (every run with a verdict costs `--budget` budget seconds; a cancelled run costs
 nothing). On CPU a budget second is a CPU second of the training process (arena.budget),
-so the count does not depend on machine load. Greedy gets exactly as many runs as ours
+so the count does not depend on machine load (what a CPU second computes still does,
+a little, under heavy contention: docs/search.md). Greedy gets exactly as many runs as ours
 made, its own baseline run of the root included.
 
 Equal devices: one CPU slot each, with the same threads per run (`--threads`). By
 default (`--schedule together`) both run at the same time; greedy may start its k-th
 run only once ours has started k runs, and stops at ours' final count, so it never
 gets ahead in device time and the two see the same machine at the same time. The
-scores are load-immune either way (CPU-second budget); only the wall times are not.
+wall times depend on the machine's load.
 `--schedule apart` runs ours first, then greedy.
 
 Then the winner of each method (ours: the archive member with the lowest val_bpb
@@ -730,7 +731,7 @@ def _bench(args: argparse.Namespace) -> int:
             collect(wait=False)
         collect(wait=True)
     print(f"\n({time.monotonic() - t0:.0f} s wall; load average at the end {os.getloadavg()[0]:.1f} on "
-          f"{os.cpu_count()} CPUs: wall times depend on machine load, the scores do not)\n")
+          f"{os.cpu_count()} CPUs: wall times depend on machine load)\n")
     print(table(rows), flush=True)
     return 0
 

@@ -702,7 +702,7 @@ def _bench(args: argparse.Namespace) -> int:
         scorer = FinalScorer(args.out, args.data_dir, args.final_slots, args.threads, args.budget)
         stack.callback(scorer.close)
         # the final scoring of repeat r runs beside the searches of repeat r + 1 (one worker:
-        # one consumer of the final arena); the scores do not depend on load, the wall times do
+        # one consumer of the final arena); it adds load, which the wall times show
         pool = stack.enter_context(ThreadPoolExecutor(max_workers=1, thread_name_prefix="final"))
         pending: list[Future] = []
 

@@ -30,6 +30,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -43,15 +44,59 @@ SLEEPER = "import time\ntime.sleep({s})\n"
 
 
 class TimedArena(SimulatedArena):
-    """The simulated arena, recording when each run holds a slot."""
+    """The simulated arena, recording when each run holds a slot, and, for each poll
+    with a free slot, why the loop left it free (`why()`, asked on the loop's thread)."""
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.spans: list[tuple[float, float]] = []
+        self.waits: list[tuple[float, float, str]] = []  # (start, end, why) of polls
+        self.why: Callable[[], str] = lambda: "?"
 
     def _start(self, at: float, result: RunResult) -> None:
         self.spans.append((at, at + self.run_seconds))
         super()._start(at, result)
+
+    def poll(self, timeout: float | None = 0.0) -> list[RunResult]:
+        t, why = time.monotonic(), (self.why() if self.free_slots() else "")
+        try:
+            return super().poll(timeout)
+        finally:
+            self.waits.append((t, time.monotonic(), why))
+
+
+def idle_reason(loop) -> str:
+    """Why the loop leaves a slot free at this moment (its state before a poll)."""
+    from arena.records import Status
+
+    g = loop.version() + 1
+    if g == 0:
+        return "root runs (generation 0)"
+    if loop._needed_runs(g) or loop._needed_runs(g + 1, children_only=True):
+        return "unit wider than the free slots"
+    for h in (g, g + 1):
+        if any(c.status == Status.PROPOSED and c.commit is None for c in loop.state.children(h)):
+            return f"generation {'g' if h == g else 'g+1'} children waiting for the LLM"
+    last = " (the last generation)" if g >= loop.cfg.generations else ""
+    return f"barrier: generation g racing, nothing else planned{last}"
+
+
+def idle_shares(n: int, spans, waits, t0: float, t1: float) -> dict[str, float]:
+    """Idle slot time between t0 and t1 by reason, as shares of n x (t1 - t0); idle time
+    outside the polls is the loop's own work (or waiting for proposals with no run)."""
+    edges = sorted({t0, t1, *(s for s, _ in spans), *(e for _, e in spans),
+                    *(x for w in waits for x in w[:2])})
+    out: dict[str, float] = {}
+    for a, b in zip(edges, edges[1:]):
+        if b <= t0 or a >= t1:
+            continue
+        mid = (a + b) / 2
+        idle = n - sum(1 for s, e in spans if s <= mid < e)
+        if idle <= 0:
+            continue
+        why = next((w[2] or "?" for w in waits if w[0] <= mid < w[1]), "loop work / no run in flight")
+        out[why] = out.get(why, 0.0) + idle * (b - a) / (n * (t1 - t0))
+    return out
 
 
 class SlowProposer(KnobProposer):
@@ -87,6 +132,7 @@ def loop_trial(n: int, args, workdir: Path) -> dict:
     proposer = SlowProposer(tuple(x * args.scale for x in LLM_S), seed=n)
     loop = GenerationLoop(store, repo, arena, proposer, cfg, ["explorer", "tuner"], slots=n,
                           preferences=SIM_PREFERENCES)
+    arena.why = lambda: idle_reason(loop)
     try:
         loop.run()
     finally:
@@ -100,6 +146,8 @@ def loop_trial(n: int, args, workdir: Path) -> dict:
         "busy": sum(e - s for s, e in spans) / (n * (t1 - t0)),
         "busy_after_root": sum(e - s for s, e in later) / (n * (t1 - root_end)) if later else 0.0,
         "per_hour": len(spans) / ((t1 - t0) / 3600) * args.scale,  # in unscaled hours
+        "idle": idle_shares(n, spans, arena.waits, t0, t1),
+        "runs": len(spans), "wall": t1 - t0,
     }
 
 
@@ -144,6 +192,7 @@ def main() -> int:
     p.add_argument("--sleep", type=float, default=20.0, help="arena part: candidate sleep (s)")
     p.add_argument("--runs", type=int, default=3, help="arena part: runs per slot")
     p.add_argument("--ray", action="store_true", help="arena part: also on a local Ray cluster")
+    p.add_argument("--why", action="store_true", help="loop part: idle slot time by reason")
     args = p.parse_args()
     logging.basicConfig(level=logging.WARNING)
     with tempfile.TemporaryDirectory(prefix="throughput-") as tmp_s:
@@ -158,6 +207,10 @@ def main() -> int:
                 base = base or r["per_hour"] / n
                 print(f"  {n:>5} {100 * r['busy']:6.1f}% {100 * r['busy_after_root']:7.1f}% "
                       f"{r['per_hour']:8.1f} {r['per_hour'] / (n * base):8.2f}x")
+                if args.why:
+                    print(f"  {'':>5} {r['runs']} runs in {r['wall']:.1f} s (scaled)")
+                    for why, share in sorted(r["idle"].items(), key=lambda kv: -kv[1]):
+                        print(f"  {'':>5} idle {100 * share:5.1f}%: {why}")
         if args.part in ("arena", "all"):
             sys.path.insert(0, str(ROOT / "tests"))
             from arena_helpers import build_cache, make_repo

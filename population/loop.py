@@ -262,7 +262,7 @@ class GenerationLoop:
         slots at the same moment, unless it is larger than the arena."""
         tag = g
         needed = self._needed_runs(g)
-        if not needed and g >= 1 and self.version() == g - 1:
+        if not needed and self.version() == g - 1:
             tag, needed = g + 1, self._needed_runs(g + 1, children_only=True)
         for unit in needed:
             free = self.arena.free_slots()
@@ -374,11 +374,11 @@ class GenerationLoop:
                     break
                 if g >= 1:
                     self.planner.plan(g, self.cfg.population)
-                    next_ok = (g + 1 <= self.cfg.generations and self.lookahead > 0
-                               and all(c.commit is not None or c.status != Status.PROPOSED
-                                       for c in self.state.children(g)))
-                    if next_ok:
-                        self.planner.plan(g + 1, self.lookahead)
+                next_ok = (g + 1 <= self.cfg.generations and self.lookahead > 0
+                           and all(c.commit is not None or c.status != Status.PROPOSED
+                                   for c in self.state.children(g)))
+                if next_ok:  # generation 1's while the root runs
+                    self.planner.plan(g + 1, self.lookahead)
                 self._dispatch_proposals()
                 self._dispatch_runs(g)
                 if not self._proposing and self._complete(g):

@@ -41,7 +41,8 @@ def test_generations_run_end_to_end_with_paired_seeds_and_lineage_in_git(tmp_pat
         # a child is a git commit on top of its parent's commit
         assert repo.parents(c.commit) == [cands[c.parent_id].commit]
         # the first `lookahead` (= slots) children were planned from an older archive
-        expected = c.generation - 2 if (c.generation >= 2 and c.idx < 2) else c.generation - 1
+        # (generation 1's from version -1: the root before its noise floor is measured)
+        expected = c.generation - 2 if c.idx < 2 else c.generation - 1
         assert c.archive_version == expected
         if c.status in (Status.CONFIRMED, Status.REJECTED):
             mine = {e.seed for e in store.evaluations(c.id) if e.purpose in ("initial", "race")}
@@ -54,6 +55,7 @@ def test_generations_run_end_to_end_with_paired_seeds_and_lineage_in_git(tmp_pat
     assert any(e.purpose == "race" for e in evals)
     # the lookahead children were created before the generation they follow had finished
     assert cands["g003c00"].created_at < gens[2].finished_at
+    assert cands["g001c01"].created_at < gens[0].finished_at  # planned while the root ran
     kinds = {e["kind"] for e in store.events(500)}
     assert {"noise_floor", "generation", "proposed", "evaluated"} <= kinds
     store.close()

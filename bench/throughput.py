@@ -6,14 +6,24 @@ loop: the real generation loop (store, git, guards, racing) on the simulated are
   scripted proposer that answers in 5-20 s (uniform, seeded) and runs that last 300 s,
   all times multiplied by --scale so that a trial takes seconds. Reported: the share of
   slot time spent training (sum of run times / (N x wall time), from the first run to the
-  last result; also without generation 0, whose root runs on fewer seeds than there are
-  slots), and runs finished per hour (in unscaled hours) against N x the one-slot rate.
+  last result; also after generation 0, the root's noise-floor runs, beside which the
+  first `lookahead` children of generation 1 run), and runs finished per hour (in unscaled
+  hours) against N x the one-slot rate. `--why` splits the idle slot time by what the loop
+  was waiting for when it left a slot free (asked before each poll): the root's runs, a
+  unit (a child and its parent's control start together) wider than the free slots,
+  children waiting for the LLM, a generation's racing tail with nothing else planned (in
+  the last generation: the end of the run, which nothing can fill), or, outside the polls,
+  the loop's own work between a result and the next submission (a fixed cost per result
+  that the time scale magnifies 1/scale times: at scale 0.02 a run lasts 6 s).
 arena: LocalArena and RayArena fed by a plain feeder that keeps every slot busy with a
   candidate that sleeps --sleep seconds (exits without a checkpoint: no evaluation). Reported:
-  runs per hour against N x the one-slot rate, and the share of slot time the candidate
-  process ran (its supervised wall time) out of N x wall time: the rest is arena overhead.
+  runs per hour against N x the one-slot rate, the share of slot time the candidate
+  process ran (its supervised wall time) out of N x wall time (the rest is arena
+  overhead), and the overhead per run (submit to result, less the candidate's time): the
+  mean, over the first N runs (each on a fresh slot; on Ray a new worker process), and later.
 
     python bench/throughput.py                        # loop part, 1 2 4 8 slots, scale 0.02
+    python bench/throughput.py --slots 8 --why        # where the idle slot time goes
     python bench/throughput.py --part arena --slots 1 2 --sleep 20 --runs 2
     python bench/throughput.py --part all --ray
 
@@ -166,21 +176,26 @@ def arena_trial(kind: str, n: int, args, world) -> dict:
         arena = LocalArena(repo, data_dir, slots, mem_limit_mb=1024)
     total, done, results = n * args.runs, 0, []
     submitted = 0
+    sent: dict[str, float] = {}
+    overhead: list[float] = []  # per run: submit to result, less the candidate's own time
     t0 = time.monotonic()
     try:
         while done < total:
             while submitted < total and arena.free_slots() > 0:
+                sent[f"s{submitted}"] = time.monotonic()
                 arena.submit(RunRequest(f"s{submitted}", commit, submitted, args.sleep + 5))
                 submitted += 1
             for r in arena.poll(0.2):
                 done += 1
                 results.append(r)
+                overhead.append(time.monotonic() - sent[r.candidate_id] - (r.training_seconds or 0.0))
         wall = time.monotonic() - t0
     finally:
         arena.close()
     ok = [r for r in results if r.outcome is RunOutcome.FINISHED]
     ran = sum(r.training_seconds or 0.0 for r in ok)
-    return {"per_hour": len(ok) / (wall / 3600), "busy": ran / (n * wall), "runs": len(ok)}
+    return {"per_hour": len(ok) / (wall / 3600), "busy": ran / (n * wall), "runs": len(ok),
+            "overhead": overhead}
 
 
 def main() -> int:
@@ -228,13 +243,16 @@ def main() -> int:
                     os.environ.setdefault("RAY_raylet_start_wait_time_s", "120")
                     ray.init(num_cpus=max(args.slots), include_dashboard=False, log_to_driver=False)
                 print(f"{kind} arena, candidates sleeping {args.sleep:g} s, {args.runs} runs per slot")
-                print(f"  {'slots':>5} {'runs/h':>8} {'vs N x 1':>9} {'candidate share':>16}")
+                print(f"  {'slots':>5} {'runs/h':>8} {'vs N x 1':>9} {'candidate share':>16} "
+                      f"{'overhead per run (s): mean, first N, later':>44}")
                 base = None
                 for n in args.slots:
                     r = arena_trial(kind, n, args, (repo, data_dir, commit))
                     base = base or r["per_hour"] / n
+                    o = r["overhead"]
+                    later = sum(o[n:]) / len(o[n:]) if o[n:] else float("nan")
                     print(f"  {n:>5} {r['per_hour']:8.1f} {r['per_hour'] / (n * base):8.2f}x "
-                          f"{100 * r['busy']:15.1f}%")
+                          f"{100 * r['busy']:15.1f}% {sum(o) / len(o):14.1f} {sum(o[:n]) / n:14.1f} {later:14.1f}")
                 if kind == "ray":
                     ray.shutdown()
     return 0

@@ -198,6 +198,20 @@ def arena_trial(kind: str, n: int, args, world) -> dict:
             "overhead": overhead}
 
 
+def start_ray(ray, cpus: int, attempts: int = 3) -> None:
+    """A local Ray node. Ray gives a node 30 s to register (hard-coded in Ray 2.60); a
+    heavily loaded machine can miss that, so a failed start is tried again."""
+    for attempt in range(attempts):
+        try:
+            ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=False)
+            return
+        except Exception as exc:  # noqa: BLE001 - Ray raises a bare Exception for this
+            ray.shutdown()
+            if attempt == attempts - 1:
+                raise
+            print(f"  (ray did not start: {exc}; trying again)")
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--part", choices=["loop", "arena", "all"], default="loop")
@@ -241,7 +255,7 @@ def main() -> int:
                     import ray
 
                     os.environ.setdefault("RAY_raylet_start_wait_time_s", "120")
-                    ray.init(num_cpus=max(args.slots), include_dashboard=False, log_to_driver=False)
+                    start_ray(ray, max(args.slots))
                 print(f"{kind} arena, candidates sleeping {args.sleep:g} s, {args.runs} runs per slot")
                 print(f"  {'slots':>5} {'runs/h':>8} {'vs N x 1':>9} {'candidate share':>16} "
                       f"{'overhead per run (s): mean, first N, later':>44}")

@@ -4,7 +4,8 @@ It only schedules. Generation g (generation 0 measures the root, which gives the
 floor) goes:
 1. plan (population.planning): `population` children, each with a persona, a parent and
    what it sees, from the archive version it sees; the first `lookahead` children of the
-   next generation are planned one version early so the devices never wait for an LLM;
+   next generation are planned one version early so the devices never wait for an LLM
+   (generation 1's while the root runs, from version -1: the root, unmeasured);
 2. propose: proposer calls run in worker threads while the devices are busy; answers are
    committed to git in plan order and checked by the guard (no-ops, duplicates);
 3. run (population.decisions says which runs): each racing round puts a child and its

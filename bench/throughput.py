@@ -6,10 +6,12 @@ loop: the real generation loop (store, git, guards, racing) on the simulated are
   scripted proposer that answers in 5-20 s (uniform, seeded) and runs that last 300 s,
   all times multiplied by --scale so that a trial takes seconds. Reported: the share of
   slot time spent training (sum of run times / (N x wall time), from the first run to the
-  last result; also after generation 0, the root's noise-floor runs, beside which the
-  first `lookahead` children of generation 1 run), and runs finished per hour (in unscaled
-  hours) against N x the one-slot rate. `--why` splits the idle slot time by what the loop
-  was waiting for when it left a slot free (asked before each poll): the root's runs, a
+  last result; and, as busy<end, up to the end of the run: the moment nothing is left but
+  the last generation's racing children, whose later rounds nothing can run beside), and
+  runs finished per hour (in unscaled hours) against N x the one-slot rate. The root's
+  noise-floor runs have generation 1's first `lookahead` children beside them. `--why`
+  splits the idle slot time by what the loop was waiting for when it left a slot free
+  (asked before each poll): the root's runs, a
   unit (a child and its parent's control start together) wider than the free slots,
   children waiting for the LLM, a generation's racing tail with nothing else planned (in
   the last generation: the end of the run, which nothing can fill), or, outside the polls,
@@ -51,6 +53,7 @@ from population.simulated import KnobProposer, SimulatedArena  # noqa: E402
 
 TRAIN_S, LLM_S = 300.0, (5.0, 20.0)
 SLEEPER = "import time\ntime.sleep({s})\n"
+LAST = " (the last generation: the end of the run)"
 
 
 class TimedArena(SimulatedArena):
@@ -87,7 +90,7 @@ def idle_reason(loop) -> str:
     for h in (g, g + 1):
         if any(c.status == Status.PROPOSED and c.commit is None for c in loop.state.children(h)):
             return f"generation {'g' if h == g else 'g+1'} children waiting for the LLM"
-    last = " (the last generation)" if g >= loop.cfg.generations else ""
+    last = LAST if g >= loop.cfg.generations else ""
     return f"barrier: generation g racing, nothing else planned{last}"
 
 
@@ -150,11 +153,12 @@ def loop_trial(n: int, args, workdir: Path) -> dict:
         store.close()
     spans = sorted(arena.spans)
     t0, t1 = spans[0][0], max(e for _, e in spans)
-    root_end = spans[min(cfg.root_seeds, len(spans)) - 1][1]
-    later = [(max(s, root_end), e) for s, e in spans if e > root_end]
+    # the end of the run: from the first poll with nothing left but the last generation's races
+    end = min((w[0] for w in arena.waits if w[2].endswith(LAST)), default=t1)
+    before = [(s, min(e, end)) for s, e in spans if s < end]
     return {
         "busy": sum(e - s for s, e in spans) / (n * (t1 - t0)),
-        "busy_after_root": sum(e - s for s, e in later) / (n * (t1 - root_end)) if later else 0.0,
+        "busy_before_end": sum(e - s for s, e in before) / (n * (end - t0)) if end > t0 else 0.0,
         "per_hour": len(spans) / ((t1 - t0) / 3600) * args.scale,  # in unscaled hours
         "idle": idle_shares(n, spans, arena.waits, t0, t1),
         "runs": len(spans), "wall": t1 - t0,
@@ -229,12 +233,12 @@ def main() -> int:
         if args.part in ("loop", "all"):
             print(f"loop on the simulated arena: runs {TRAIN_S:g} s, proposer {LLM_S[0]:g}-"
                   f"{LLM_S[1]:g} s, time scale {args.scale:g}, {args.generations} generations")
-            print(f"  {'slots':>5} {'busy':>7} {'busy>g0':>8} {'runs/h':>8} {'vs N x 1':>9}")
+            print(f"  {'slots':>5} {'busy':>7} {'busy<end':>8} {'runs/h':>8} {'vs N x 1':>9}")
             base = None
             for n in args.slots:
                 r = loop_trial(n, args, tmp)
                 base = base or r["per_hour"] / n
-                print(f"  {n:>5} {100 * r['busy']:6.1f}% {100 * r['busy_after_root']:7.1f}% "
+                print(f"  {n:>5} {100 * r['busy']:6.1f}% {100 * r['busy_before_end']:7.1f}% "
                       f"{r['per_hour']:8.1f} {r['per_hour'] / (n * base):8.2f}x")
                 if args.why:
                     print(f"  {'':>5} {r['runs']} runs in {r['wall']:.1f} s (scaled)")

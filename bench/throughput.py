@@ -226,6 +226,7 @@ def main() -> int:
     p.add_argument("--runs", type=int, default=3, help="arena part: runs per slot")
     p.add_argument("--ray", action="store_true", help="arena part: also on a local Ray cluster")
     p.add_argument("--why", action="store_true", help="loop part: idle slot time by reason")
+    p.add_argument("--no-local", action="store_true", help="arena part: Ray only")
     args = p.parse_args()
     logging.basicConfig(level=logging.WARNING)
     with tempfile.TemporaryDirectory(prefix="throughput-") as tmp_s:
@@ -251,7 +252,7 @@ def main() -> int:
             data_dir = build_cache(tmp / "data")
             repo = make_repo(tmp / "run")
             commit = repo.commit_candidate(repo.root_commit, SLEEPER.format(s=args.sleep), "sleep")
-            kinds = ["local"] + (["ray"] if args.ray else [])
+            kinds = ([] if args.no_local else ["local"]) + (["ray"] if args.ray else [])
             for kind in kinds:
                 if kind == "ray":
                     import os

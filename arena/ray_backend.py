@@ -372,22 +372,24 @@ class RayArena:
     # ---- internals ----------------------------------------------------------------
 
     def _warm_up(self, warm: Any) -> None:
-        """Start one worker process per slot now, all at once, with the arena's runtime
-        environment and modules loaded: Ray keeps them and gives them the runs, so a
-        slot's first run does not wait for a worker to start (12-15 s each on a loaded
-        2-core machine, against about 1 s per run after; bench/throughput.py). A cluster
-        that cannot start them within WARM_S starts the rest with their first runs."""
+        """Start the board and one worker process per slot now, all at once, with the
+        arena's runtime environment and modules loaded: Ray keeps the workers and gives
+        them the runs, so a slot's first run does not wait for a process to start (12-20 s
+        each on a loaded 2-core machine, against about 1 s per run after;
+        bench/throughput.py). What a cluster cannot start within WARM_S starts with the
+        first runs instead."""
         import ray
 
+        deadline = time.monotonic() + WARM_S
         free = ray.available_resources()
         can = free.get("GPU", 0) if self.device_type == "cuda" else free.get("CPU", 0) / self.slots[0].threads
         refs = [warm.remote() for _ in range(min(len(self.slots), int(can)))]
-        if not refs:
-            return
-        ready, late = ray.wait(refs, num_returns=len(refs), timeout=WARM_S)
-        for ref in late:
-            ray.cancel(ref, force=True)
-        log.debug("%d of %d Ray workers warm", len(ready), len(refs))
+        board = self._board.is_cancelled.remote("")
+        if refs:
+            _, late = ray.wait(refs, num_returns=len(refs), timeout=WARM_S)
+            for ref in late:
+                ray.cancel(ref, force=True)
+        ray.wait([board], timeout=max(0.0, deadline - time.monotonic()))
 
     def _stop(self, ref: Any, name: str) -> None:
         import ray

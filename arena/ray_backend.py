@@ -66,7 +66,7 @@ NODE_DIR_ENV = "EVOLVE_NODE_DIR"
 CANCEL_POLL_S = 0.5
 BOARD_TIMEOUT_S = 5.0  # one question to the board; a slow answer is asked again
 CLOSE_WAIT_S = 120.0  # close(): how long cancelled tasks get to clean up
-WARM_S = 120.0  # __init__: how long to wait for one warm worker per slot
+WARM_S = 60.0  # __init__: how long to wait for one warm worker per slot
 
 
 class DataMismatch(EvolveError, RuntimeError):
@@ -111,11 +111,21 @@ class Returned:
 
 
 class _Board:
-    """Ray actor on the head's node: which runs have started, which are cancelled."""
+    """Ray actor on the head's node: which runs have started, which are cancelled, and
+    how many warm-up tasks have arrived."""
 
     def __init__(self) -> None:
         self.started: set[str] = set()
         self.cancelled: set[str] = set()
+        self.warm = 0  # warm-up tasks that have arrived
+
+    def arrive(self) -> int:
+        """A warm-up task has started; how many have."""
+        self.warm += 1
+        return self.warm
+
+    def arrivals(self) -> int:
+        return self.warm
 
     def start(self, name: str) -> bool:
         """Mark `name` started; True when it was cancelled before it started."""
@@ -383,7 +393,8 @@ class RayArena:
         deadline = time.monotonic() + WARM_S
         free = ray.available_resources()
         can = free.get("GPU", 0) if self.device_type == "cuda" else free.get("CPU", 0) / self.slots[0].threads
-        refs = [warm.remote() for _ in range(min(len(self.slots), int(can)))]
+        n = min(len(self.slots), int(can))
+        refs = [warm.remote(self._board, n, WARM_S) for _ in range(n)]
         board = self._board.is_cancelled.remote("")
         if refs:
             _, late = ray.wait(refs, num_returns=len(refs), timeout=WARM_S)
@@ -524,11 +535,18 @@ def _cancel_requested(board: Any, name: str) -> bool:
         return True
 
 
-def _warm() -> str:
-    """Body of a warm-up task: the worker has started and imported the arena's run path."""
+def _warm(board: Any, n: int, limit_s: float) -> int:
+    """Body of a warm-up task: load the arena's run path, then hold this worker until all
+    `n` warm-up tasks have started (so that each has its own worker process)."""
+    import ray
+
     import arena.execute  # noqa: F401 - loaded now so that the first run does not wait for it
 
-    return os.uname().nodename
+    arrived, deadline = ray.get(board.arrive.remote()), time.monotonic() + limit_s
+    while arrived < n and time.monotonic() < deadline:
+        time.sleep(0.2)
+        arrived = ray.get(board.arrivals.remote())
+    return arrived
 
 
 def _task(ship: Shipment, board: Any) -> Returned:

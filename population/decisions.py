@@ -111,6 +111,8 @@ class Decisions:
             seeds = [noise.round_seed(c.generation, c.idx, r) for r in range(n)]
             if not all(s in mine and s in theirs for s in seeds):
                 return n
+            if self.state.version() < max(c.archive_version, 0):
+                return n  # no verdict before the noise model it is judged by (the root's floor) exists
             nxt = self.verdict(cid).rounds
             if nxt <= n:
                 return n

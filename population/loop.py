@@ -4,7 +4,8 @@ It only schedules. Generation g (generation 0 measures the root, which gives the
 floor) goes:
 1. plan (population.planning): `population` children, each with a persona, a parent and
    what it sees, from the archive version it sees; the first `lookahead` children of the
-   next generation are planned one version early so the devices never wait for an LLM;
+   next generation are planned one version early so the devices never wait for an LLM
+   (generation 1's while the root runs, from version -1: the root, unmeasured);
 2. propose: proposer calls run in worker threads while the devices are busy; answers are
    committed to git in plan order and checked by the guard (no-ops, duplicates);
 3. run (population.decisions says which runs): each racing round puts a child and its
@@ -267,7 +268,7 @@ class GenerationLoop:
         slots at the same moment, unless it is larger than the arena."""
         tag = g
         needed = self._needed_runs(g)
-        if not needed and g >= 1 and self.version() == g - 1:
+        if not needed and self.version() == g - 1:
             tag, needed = g + 1, self._needed_runs(g + 1, children_only=True)
         for unit in needed:
             free = self.arena.free_slots()
@@ -420,11 +421,11 @@ class GenerationLoop:
                     break
                 if g >= 1:
                     self.planner.plan(g, self.cfg.population)
-                    next_ok = (g + 1 <= self.cfg.generations and self.lookahead > 0
-                               and all(c.commit is not None or c.status != Status.PROPOSED
-                                       for c in self.state.children(g)))
-                    if next_ok:
-                        self.planner.plan(g + 1, self.lookahead)
+                next_ok = (g + 1 <= self.cfg.generations and self.lookahead > 0
+                           and all(c.commit is not None or c.status != Status.PROPOSED
+                                   for c in self.state.children(g)))
+                if next_ok:  # generation 1's while the root runs
+                    self.planner.plan(g + 1, self.lookahead)
                 self._dispatch_proposals()
                 self._dispatch_runs(g)
                 if not self._proposing and self._complete(g):

@@ -52,8 +52,11 @@ class Planner:
         self.lineage = lineage
 
     def sees(self, g: int, idx: int) -> int:
-        """The archive version child (g, idx) is planned from."""
-        return g - 2 if (g >= 2 and idx < self.lookahead) else g - 1
+        """The archive version child (g, idx) is planned from: the first `lookahead`
+        children of a generation one version early, so that they are proposed and run
+        while the generation before still runs; generation 1's then see version -1 (the
+        root, not measured yet: they run beside the root's noise-floor runs)."""
+        return g - 2 if (g >= 1 and idx < self.lookahead) else g - 1
 
     def plan(self, g: int, upto: int) -> None:
         """Add children 0..upto-1 of generation g that do not exist yet."""
@@ -65,21 +68,24 @@ class Planner:
             v = self.sees(g, idx)
             persona = choose_persona(self.persona_stats(v), random.Random(f"{self.cfg.seed}:persona:{g}:{idx}"),
                                      self.cfg.bandit_floor, weights=self.weights)
-            members = [Point.from_row(r) for r in st.generation(v).archive]
             rng = random.Random(f"{self.cfg.seed}:parent:{g}:{idx}")
             prefers = self.preferences.get(persona, "frontier")
-            ref = tuple(st.meta("reference"))
-            parent_id = select_for(prefers, members, ref, rng, self.cfg.parent_floor).candidate_id  # type: ignore[arg-type]
             second: str | None = None
             repair: str | None = None
-            if persona in self.crossover_personas and rng.random() < self.cfg.crossover_rate:
-                pair = self._pick_pair(v, rng)
-                if pair is not None:
-                    parent_id, second = pair
-            elif prefers == "failed":
-                repair = self.repair_target(v)
-                if repair is not None:
-                    parent_id = st.cands[repair].parent_id or ROOT_ID
+            if v < 0:  # before the root is measured it is the only parent: no pair, nothing to repair
+                parent_id = ROOT_ID
+            else:
+                members = [Point.from_row(r) for r in st.generation(v).archive]
+                ref = tuple(st.meta("reference"))
+                parent_id = select_for(prefers, members, ref, rng, self.cfg.parent_floor).candidate_id  # type: ignore[arg-type]
+                if persona in self.crossover_personas and rng.random() < self.cfg.crossover_rate:
+                    pair = self._pick_pair(v, rng)
+                    if pair is not None:
+                        parent_id, second = pair
+                elif prefers == "failed":
+                    repair = self.repair_target(v)
+                    if repair is not None:
+                        parent_id = st.cands[repair].parent_id or ROOT_ID
             st.add_candidate(Candidate(
                 id=cid, generation=g, idx=idx, parent_id=parent_id, persona=persona, status=Status.PROPOSED,
                 archive_version=v, second_parent_id=second, repair_of=repair,
@@ -112,7 +118,7 @@ class Planner:
 
     def persona_stats(self, v: int) -> dict[str, PersonaStats]:
         st = self.state
-        statuses = st.generation(v).statuses
+        statuses = st.generation(v).statuses if v >= 0 else {}
         costs = st.store.cost_by_candidate()
         acc = {p: [0, 0, 0.0] for p in self.personas}
         for cid, s in statuses.items():
@@ -146,7 +152,7 @@ class Planner:
         that assembles a proposal's context: new kinds of context are added here."""
         st = self.state
         v = c.archive_version
-        rec = st.generation(v)
+        rec = st.generation(v) if v >= 0 else None  # None: before the root is measured (nothing is)
         sc = st.scorer()
         parent = st.cands[c.parent_id or ROOT_ID]
         chain: list[Candidate] = []
@@ -156,28 +162,29 @@ class Planner:
             cur = st.cands.get(cur.parent_id) if cur.parent_id else None
         lineage = []
         for a in reversed(chain):
-            p = sc.score(a.id, v)
-            delta = sc.gain(a.id, sc.model(v), v).mean if a.parent_id and sc.pairs(a.id, v) else None
+            p = sc.score(a.id, v) if rec else None
+            delta = sc.gain(a.id, sc.model(v), v).mean if rec and a.parent_id and sc.pairs(a.id, v) else None
             lineage.append(LineageStep(
                 commit=a.commit or "", persona=a.persona, hypothesis=a.hypothesis,
                 val_bpb=p.val_bpb if p else None, val_bpb_std=p.val_bpb_std if p else None,
-                delta_vs_parent=delta, status=rec.statuses.get(a.id, a.status.value),
+                delta_vs_parent=delta,
+                status=rec.statuses.get(a.id, a.status.value) if rec else Status.PROPOSED.value,
             ))
         failures = []
-        for o in reversed(st.in_plan_order()):
+        for o in reversed(st.in_plan_order() if rec else []):
             s = rec.statuses.get(o.id)
             if s is not None and Status(s) in FAILURES:
                 failures.append(Failure(o.id, o.persona, o.hypothesis, s, o.message[-2000:]))
             if len(failures) >= 8:
                 break
-        floor = st.floor()
+        floor = st.floor() if rec else None
         repair_of = repair_py = None
         if c.repair_of is not None:
             f = st.cands[c.repair_of]
             repair_of = Failure(f.id, f.persona, f.hypothesis, rec.statuses.get(f.id, f.status.value), f.message[-2000:])
             repair_py = self.read_train_py(f.commit or "")
         second = st.cands[c.second_parent_id] if c.second_parent_id else None
-        parent_runs = telemetry.candidate_telemetry(st.store, parent.id, self.cfg.budget_s, as_of=v)
+        parent_runs = telemetry.candidate_telemetry(st.store, parent.id, self.cfg.budget_s, as_of=v) if rec else None
         return ProposalContext(
             persona=c.persona, program=self.cfg.prose, parent_id=parent.id,
             parent_commit=parent.commit or "", parent_train_py=self.read_train_py(parent.commit or ""),
@@ -185,7 +192,7 @@ class Planner:
             noise_floor=floor.val_std if floor else None, repair_of=repair_of, repair_train_py=repair_py,
             second_parent_commit=second.commit if second else None,
             second_parent_train_py=self.read_train_py(second.commit or "") if second else None,
-            memory=memory.digest(st.store, self.read_train_py, parent.id, as_of=v),
+            memory=memory.digest(st.store, self.read_train_py, parent.id, as_of=v) if rec else "",
             telemetry=telemetry.render(parent_runs) if parent_runs else "",
             novelty=self.novelty_index(c),
         )
@@ -196,7 +203,7 @@ class Planner:
         siblings planned before it (`tried` makes c wait for them; "queued"). Candidates
         proposed meanwhile are not in it (the loop's guard refuses a duplicate of them)."""
         v = c.archive_version
-        statuses = self.state.generation(v).statuses
+        statuses = self.state.generation(v).statuses if v >= 0 else {}  # -1: before the root is measured
         programs = []
         for o in self.state.in_plan_order():
             if not o.commit:
@@ -211,8 +218,8 @@ class Planner:
         return NoveltyIndex.build(programs)
 
     def archive_rows(self, v: int) -> list[ArchiveRow]:
-        rows = []
-        for r in self.state.generation(v).archive:
+        rows: list[ArchiveRow] = []
+        for r in self.state.generation(v).archive if v >= 0 else []:
             p = Point.from_row(r)
             m = self.state.cands[p.candidate_id]
             rows.append(ArchiveRow(m.id, m.commit or "", m.persona, m.hypothesis, p.val_bpb, p.val_bpb_std,

@@ -41,7 +41,8 @@ def test_generations_run_end_to_end_with_paired_seeds_and_lineage_in_git(tmp_pat
         # a child is a git commit on top of its parent's commit
         assert repo.parents(c.commit) == [cands[c.parent_id].commit]
         # the first `lookahead` (= slots) children were planned from an older archive
-        expected = c.generation - 2 if (c.generation >= 2 and c.idx < 2) else c.generation - 1
+        # (generation 1's from version -1: the root before its noise floor is measured)
+        expected = c.generation - 2 if c.idx < 2 else c.generation - 1
         assert c.archive_version == expected
         if c.status in (Status.CONFIRMED, Status.REJECTED):
             mine = {e.seed for e in store.evaluations(c.id) if e.purpose in ("initial", "race")}
@@ -54,6 +55,7 @@ def test_generations_run_end_to_end_with_paired_seeds_and_lineage_in_git(tmp_pat
     assert any(e.purpose == "race" for e in evals)
     # the lookahead children were created before the generation they follow had finished
     assert cands["g003c00"].created_at < gens[2].finished_at
+    assert cands["g001c01"].created_at < gens[0].finished_at  # planned while the root ran
     kinds = {e["kind"] for e in store.events(500)}
     assert {"noise_floor", "generation", "proposed", "evaluated"} <= kinds
     store.close()
@@ -355,3 +357,59 @@ def test_a_child_and_its_parents_control_start_together_on_a_fresh_seed(tmp_path
     seeds = [(e.candidate_id, e.seed) for e in evals if e.purpose in ("initial", "race")]
     assert len({s for _, s in seeds}) == len(seeds)  # every child round has its own seed
     store.close()
+
+
+class RecordingProposer(KnobProposer):
+    """KnobProposer that keeps every context it was given."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: list[ProposalContext] = []
+        self.lock = threading.Lock()
+
+    def propose(self, ctx):
+        with self.lock:
+            self.seen.append(ctx)
+        return super().propose(ctx)
+
+
+@pytest.mark.slow
+def test_generation_one_lookahead_children_see_the_unmeasured_root_whenever_proposed(tmp_path):
+    """Generation 1's first `lookahead` children are planned and proposed while the root
+    runs: they see version -1 (the root, unmeasured: no scores, floor, archive, telemetry
+    or memory), so what they are shown does not depend on when they were proposed, and a
+    resumed run rebuilds the same context from the store."""
+    cfg = ProgramConfig(generations=1, population=4, lookahead=2)
+    proposer = RecordingProposer()
+    loop, store, _, arena = simulated_loop(tmp_path / "run", cfg, slots=2, run_seconds=0.3, proposer=proposer)
+    try:
+        loop.run()
+    finally:
+        arena.close()
+    gen0 = store.generations()[0]
+    cands = {c.id: c for c in store.candidates()}
+    early, late = [cands["g001c00"], cands["g001c01"]], [cands["g001c02"], cands["g001c03"]]
+    assert all(c.archive_version == -1 and c.parent_id == ROOT_ID and c.created_at < gen0.finished_at for c in early)
+    assert all(c.archive_version == 0 for c in late)
+    # the early children ran beside the root's noise-floor runs
+    assert min(e.started_at for c in early for e in store.evaluations(c.id)) < gen0.finished_at
+    store.close()
+    # rebuilt from the store after the run (as a resumed run does): the context they were shown
+    reopened, store2, _, arena2 = simulated_loop(tmp_path / "run", cfg, slots=2)
+    try:
+        reopened._recover()
+        for c in early:
+            ctx = reopened.planner.build_context(c, reopened.planner.tried(c) or [])
+            assert ctx.noise_floor is None and ctx.archive == [] and ctx.telemetry == "" and ctx.memory == ""
+            assert [s.val_bpb for s in ctx.lineage] == [None]
+            shown = [(s.persona, s.tried, s.lineage, s.archive, s.failures, s.memory, s.telemetry, s.noise_floor)
+                     for s in proposer.seen]
+            assert (ctx.persona, ctx.tried, ctx.lineage, ctx.archive, ctx.failures, ctx.memory, ctx.telemetry,
+                    ctx.noise_floor) in shown, c.id
+        for c in late:
+            ctx = reopened.planner.build_context(c, reopened.planner.tried(c) or [])
+            assert ctx.noise_floor is not None and ctx.archive and ctx.lineage[0].val_bpb is not None
+    finally:
+        reopened._pool.shutdown()
+        arena2.close()
+        store2.close()

@@ -100,6 +100,9 @@ def parse_devices(spec: str) -> list[str]:
     return items
 
 
+MAX_DEFAULT_CPU_SLOTS = 8  # beyond this many cores, the default CPU slots share the threads out
+
+
 def detect_slots(
     devices: str | None = None, cpu_slots: int | None = None, threads: int | None = None
 ) -> list[Slot]:
@@ -107,7 +110,13 @@ def detect_slots(
 
     devices: None (every CUDA device, else CPU), "0,1,3" (those GPUs), "cpu" or
     "cpu:N" (N CPU slots). cpu_slots: the number of CPU slots when running on CPU
-    (default 1). threads: total CPU threads to divide (default EVOLVE_THREADS or all cores).
+    (default: one per thread, at most `MAX_DEFAULT_CPU_SLOTS`). threads: total CPU
+    threads to divide (default EVOLVE_THREADS or all cores).
+
+    One thread per CPU slot is the default because the CPU budget (CPU seconds per
+    thread) is load-immune only then: with 2 threads per run, two busy processes beside
+    it moved the steps a 20 s run makes from 50-53 to 56-69 (`bench/load_spread.py`,
+    spread ratio 4.8), with 1 thread the loaded spread stayed within the idle one (0.9).
     """
     total = threads or int(os.environ.get("EVOLVE_THREADS", "0") or 0) or (os.cpu_count() or 1)
     want_cpu = False
@@ -145,7 +154,7 @@ def detect_slots(
             return [
                 Slot(f"cuda:{i}", "cuda", name, i, max(1, total // len(found))) for i, name in found
             ]
-    n = max(1, cpu_slots or 1)
+    n = max(1, cpu_slots or min(total, MAX_DEFAULT_CPU_SLOTS))
     if n > total:
         raise ValueError(f"{n} CPU slots need at least {n} threads; this machine has {total}")
     per = total // n

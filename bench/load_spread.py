@@ -20,6 +20,7 @@ between idle and loaded, beside the idle spread.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import subprocess
 import sys
 import tempfile
@@ -28,7 +29,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from arena.devices import detect_slots  # noqa: E402
+from arena.devices import Slot, detect_slots  # noqa: E402
 from arena.local import LocalArena  # noqa: E402
 from arena.records import RunRequest, RunResult, Status  # noqa: E402
 from arena.repo import ExperimentRepo  # noqa: E402
@@ -69,6 +70,12 @@ def run_seeds(
     return results
 
 
+def slot(threads: int | None) -> list[Slot]:
+    """One CPU slot: all cores (the default), or `threads` of them."""
+    slots = detect_slots("cpu:1")
+    return slots if threads is None else [dataclasses.replace(slots[0], threads=threads)]
+
+
 def spread(values: list[float]) -> float:
     return max(values) - min(values)
 
@@ -77,6 +84,8 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--budget", type=float, default=20.0, help="training seconds (default 20)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="threads of the one CPU slot (default: every core, as `evolve` gives one slot)")
     p.add_argument("--busy", type=int, default=2, help="background processes (default 2)")
     p.add_argument("--load", choices=sorted(BUSY), default="python")
     p.add_argument("--data", help="a prepared data cache (default: build the KJV one in a tmp dir)")
@@ -94,7 +103,7 @@ def main() -> int:
         print(f"budget {args.budget:g} s, {args.busy} busy {args.load} process(es) when loaded")
         print("| seed | condition | steps | val_bpb | cpu_s | wall_s |")
         print("| --- | --- | --- | --- | --- | --- |", flush=True)
-        with LocalArena(repo, data, detect_slots("cpu:1"), eval_timeout_s=1800) as arena:
+        with LocalArena(repo, data, slot(args.threads), eval_timeout_s=1800) as arena:
             runs["idle"] = run_seeds(arena, repo.root_commit, args.seeds, args.budget, "idle")
             hogs = [
                 subprocess.Popen([sys.executable, "-c", BUSY[args.load]])

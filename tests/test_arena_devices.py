@@ -39,11 +39,12 @@ def test_bad_device_lists_are_refused():
 
 
 @pytest.mark.skipif(has_cuda, reason="this machine has a GPU")
-def test_without_a_gpu_the_default_is_one_cpu_slot():
-    [slot] = detect_slots()
-    assert slot.device_type == "cpu" and slot.threads == (
-        int(os.environ.get("EVOLVE_THREADS", 0)) or os.cpu_count()
-    )
+def test_without_a_gpu_the_default_is_one_single_thread_cpu_slot_per_core():
+    total = int(os.environ.get("EVOLVE_THREADS", 0)) or os.cpu_count()
+    slots = detect_slots()
+    assert len(slots) == min(total, 8) and all(s.device_type == "cpu" for s in slots)
+    assert sum(s.threads for s in slots) <= total and (total > 8 or all(s.threads == 1 for s in slots))
+    assert len(detect_slots("cpu")) == len(slots) and len(detect_slots("cpu:1")) == 1
 
 
 @pytest.mark.gpu

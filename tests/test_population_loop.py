@@ -237,10 +237,14 @@ def test_crossover_merges_two_archive_members_with_git(tmp_path):
                              preferences={"tuner": "best", "architect": "frontier"},
                              crossover_personas={"architect"})
     cands = {c.id: c for c in store.candidates()}
-    merged = [c for c in cands.values() if c.second_parent_id]
-    assert merged, "no crossover was planned"
+    planned = [c for c in cands.values() if c.second_parent_id]
+    assert planned, "no crossover was planned"
+    merged = [c for c in planned if c.commit is not None]
+    assert merged, "no crossover was committed"
+    for c in planned:  # a merge of the same two members again is a repeat, refused before the arena
+        if c.commit is None:
+            assert c.status is Status.INVALID_EDIT and "repeats" in c.message
     for c in merged:
-        assert c.commit is not None
         assert repo.parents(c.commit) == [cands[c.parent_id].commit, cands[c.second_parent_id].commit]
         assert c.edit_format == "merge" and c.model == "git-merge"
         knobs = read_knobs(repo.read_file(c.commit, "train.py"))

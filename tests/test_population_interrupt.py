@@ -130,10 +130,14 @@ def interrupted_run(tmp_path_factory) -> dict:
                *([] if bwrap_path() else ["--unconfined"])]  # CI without bubblewrap consents
         p = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         try:
-            while not slow.asked.wait(1.0):  # the root trains on 2 seeds first
+            while not slow.asked.wait(1.0):  # generation 1's child is proposed while the root trains
                 if p.poll() is not None:
                     raise AssertionError(f"evolve ended before proposing: {p.stderr.read()[-3000:]}")
-            time.sleep(1.0)  # the proposal is in flight: the proposer thread waits on the HTTP reply
+            deadline = time.monotonic() + 300
+            while len(finished_root_runs(run)) < 2:  # ...and is still in flight when the root is done
+                if p.poll() is not None or time.monotonic() > deadline:
+                    raise AssertionError(f"the root did not finish its 2 seeds: {p.stderr.read()[-3000:]}")
+                time.sleep(1.0)
             t0 = time.monotonic()
             p.send_signal(signal.SIGINT)
             out, err = p.communicate(timeout=120)
@@ -152,6 +156,13 @@ def interrupted_run(tmp_path_factory) -> dict:
         facts["resumed"] = resumed
         facts["left_after"] = leftovers(tmp)
     return facts
+
+
+def finished_root_runs(run: Path) -> list[int]:
+    if not store_path(run).exists():
+        return []
+    with Store.open(store_path(run), readonly=True) as store:
+        return [e.id for e in store.evaluations("root") if e.purpose == Purpose.ROOT and e.status == "evaluated"]
 
 
 @pytest.mark.slow

@@ -50,6 +50,7 @@ class Decisions:
         self.policy = RacePolicy(cfg.initial_seeds, cfg.seeds_per_round, cfg.max_seeds, cfg.accept_p,
                                  cfg.futility_p)
         self.constraints = Constraints(cfg.max_peak_mem_mb, cfg.max_val_bpb)
+        self._verdicts: dict[tuple, Verdict] = {}
 
     def mem_margin(self) -> float:
         """A memory saving counts when it exceeds `MEM_MARGIN_REL` of the root's memory
@@ -58,7 +59,18 @@ class Decisions:
         return 0.0 if floor is None else max(floor.mem_std, MEM_MARGIN_REL * floor.mem_mean)
 
     def verdict(self, cid: str) -> Verdict:
-        return self.state.scorer().race(cid, self.policy, self.mem_margin())
+        """The race verdict on child `cid`, cached by the runs it depends on (its own and
+        its parent's on the child's round seeds, each with its status): the loop asks
+        after every result, and the posterior is the costly part."""
+        c = self.state.cands[cid]
+        mine, theirs = self.state.evals.get(cid, {}), self.state.evals.get(c.parent_id or ROOT_ID, {})
+        seeds = (noise.round_seed(c.generation, c.idx, r) for r in range(self.policy.max_seeds))
+        key = (cid, tuple((s, mine[s].id, mine[s].status, theirs[s].id, theirs[s].status)
+                          for s in seeds if s in mine and s in theirs))
+        hit = self._verdicts.get(key)
+        if hit is None:
+            hit = self._verdicts[key] = self.state.scorer().race(cid, self.policy, self.mem_margin())
+        return hit
 
     # -- which runs are needed ----------------------------------------------------------------
 

@@ -128,12 +128,14 @@ class Cascade:
         key = (version, fraction)
         if key in self._fits:
             return self._fits[key]
+        self._read_new()
+        curves = self._curves
         xs, ys = [], []
         for c in sorted(scorer.cands.values(), key=lambda c: (c.generation, c.idx)):
             if c.parent_id is None or not 1 <= c.generation <= version:
                 continue
             for seed, d_val, _d_mem in scorer.pairs(c.id, version):
-                x = self.difference(self.curve(c.id, seed), self.curve(c.parent_id, seed), fraction)
+                x = self.difference(curves.get((c.id, seed), []), curves.get((c.parent_id, seed), []), fraction)
                 if x is not None and math.isfinite(d_val):
                     xs.append(x)
                     ys.append(d_val)

@@ -1,15 +1,24 @@
 #!/usr/bin/env bash
 # Everything GPU-specific in one call (at most 10 minutes on one lent GPU), one table:
-#   1. template, small preset, through the arena: trusted val_bpb, MFU, NVML peak memory
-#   2. template, large preset (GPU_SIZE = "large"): MFU against the device's own peak
+#   1. bubblewrap with CUDA: a sandboxed candidate allocates 2 GiB on the GPU; the device
+#      nodes are bound inside, the peak is measured from outside by NVML. If this fails,
+#      the later steps run unsandboxed (EVOLVE_BWRAP="") and the table says so.
+#   2. template, large preset (GPU_SIZE = "large"), through the arena: MFU against the
+#      device's own peak
 #   3. arena overhead, cold then warm compile cache (bench/arena_overhead.py)
-#   4. bubblewrap with CUDA: a sandboxed candidate allocates 2 GiB on the GPU; the device
-#      nodes are bound inside, the peak is measured from outside by NVML
+#   4. template, small preset (the embedded corpus's), through the arena: trusted val_bpb
 #   5. a short `evolve` (1 generation, 1 child) with a scripted LLM on the GPU
+#   6. large-preset shapes (depth, width, batch) trained directly for a few seconds each:
+#      tokens/s and MFU, to choose the preset from
+# The most wanted figures come first, so a call cut short still brings them back.
 #
 #   bash bench/gpu_check.sh              # GPU 0
 #   GPU_CHECK_DEVICE=cpu bash bench/gpu_check.sh   # the same steps on CPU (a dry run)
-#   GPU_CHECK_BUDGET=60 bash bench/gpu_check.sh    # training seconds of steps 1-2 (default 30)
+#   GPU_CHECK_BUDGET=60 bash bench/gpu_check.sh    # training seconds of steps 2 and 4 (default 30)
+#   GPU_CHECK_EVOLVE_BUDGET=5 ...                  # the evolve step's budget_s (default 10)
+#   GPU_CHECK_STEPS="data overhead" bash ...       # only these steps (names as in the table)
+#   GPU_CHECK_OUT=dir bash bench/gpu_check.sh      # also copy the table and the step logs
+#                                                  # there after every step
 #
 # Needs only this checkout and its Python environment (no network: the data is the
 # embedded corpus). Every step has its own time limit; a failed step prints FAIL with
@@ -33,12 +42,18 @@ row() { printf '%-34s %-6s %s\n' "$1" "$2" "$3" >> "$TABLE"; }
 step() {
   local name=$1 limit=$2
   shift 2
+  case " ${GPU_CHECK_STEPS:-$name} " in *" $name "*) ;; *) return 0 ;; esac
   local t=$SECONDS
   if timeout -k 10 "$limit" bash -c '"$@"' _ "$@" > "$WORK/$name.log" 2>&1; then
     row "$name" ok "$(tail -n 1 "$WORK/$name.log") [$((SECONDS - t)) s]"
   else
     row "$name" FAIL "exit $? after $((SECONDS - t)) s (log below)"
     { echo "--- $name: last lines"; tail -n 15 "$WORK/$name.log"; } >> "$WORK/failures"
+  fi
+  if [ -n "${GPU_CHECK_OUT:-}" ]; then
+    mkdir -p "$GPU_CHECK_OUT"
+    cp "$TABLE" "$GPU_CHECK_OUT/table.txt"
+    { echo "===== $name"; cat "$WORK/$name.log"; } >> "$GPU_CHECK_OUT/logs.txt"
   fi
 }
 
@@ -139,7 +154,7 @@ edit = ("HYPOTHESIS: shorter warm-down\n\n<<<<<<< SEARCH\nWARMDOWN_FRAC = 0.4  #
         "end spent decaying it to zero\n>>>>>>> REPLACE\n")
 with ScriptedLLMServer([lambda req: knobs if req.get("response_format") else edit] * 8) as llm:
     program = work / "program.md"
-    program.write_text(f'+++\nbudget_s = 10\npopulation = 1\nmodel = "openai/scripted"\napi_base = "{llm.api_base}"\n'
+    program.write_text(f'+++\nbudget_s = {os.environ.get("GPU_CHECK_EVOLVE_BUDGET", "10")}\npopulation = 1\nmodel = "openai/scripted"\napi_base = "{llm.api_base}"\n'
                        "[seeds]\nroot = 2\ninitial = 1\nmax = 1\n[stop]\ngenerations = 1\n+++\n\nLower val_bpb.\n")
     proc = subprocess.run([sys.executable, "-m", "population.cli", "--program", str(program), "--run-dir",
                            str(work / "evolve"), "--devices", dev, "-q"],
@@ -154,14 +169,58 @@ print(f"evolve: {len(cands) - 1} children, statuses {sorted(c.status.value for c
 EOF
 }
 
-export -f device_info template overhead bwrap_cuda evolve_scripted
+# large_shapes: the large preset's shape line at a few shapes, each `python train.py` run
+# directly (no arena, no evaluation) for GPU_CHECK_SHAPE_BUDGET training seconds; the
+# shapes ("depth, dim, heads, T, B", separated by "; ") from GPU_CHECK_SHAPES
+large_shapes() {
+  python - <<'EOF'
+import os, re, shutil, subprocess, sys
+from pathlib import Path
+
+work, dev = Path(os.environ["GPU_CHECK_WORK"]), os.environ["GPU_CHECK_DEVICE"]
+budget = float(os.environ.get("GPU_CHECK_SHAPE_BUDGET", "12"))
+src = Path("train_template.py").read_text().replace('GPU_SIZE = "small"', 'GPU_SIZE = "large"')
+line = re.search(r"DEPTH, MODEL_DIM, N_HEADS, SEQ_LEN, BATCH_SIZE = .+", src).group(0)
+shapes = os.environ.get("GPU_CHECK_SHAPES", "12, 768, 6, 256, 256; 16, 1024, 8, 256, 256").split("; ")
+env = dict(os.environ, EVOLVE_DEVICE="cpu" if dev == "cpu" else "cuda", EVOLVE_BUDGET_S=str(budget),
+           CUDA_VISIBLE_DEVICES="" if dev == "cpu" else dev, TORCHINDUCTOR_CACHE_DIR=str(work / "shape-cache"))
+best = None
+for shape in shapes:
+    run = work / ("shape-" + shape.replace(", ", "-"))
+    run.mkdir()
+    (run / "train.py").write_text(src.replace(line, f"DEPTH, MODEL_DIM, N_HEADS, SEQ_LEN, BATCH_SIZE = {shape}"))
+    shutil.copy("prepare.py", run / "prepare.py")
+    proc = subprocess.run([sys.executable, "train.py"], cwd=run, env=dict(env, EVOLVE_OUT=str(run / "out")),
+                          capture_output=True, text=True, timeout=budget + 150)
+    stats = dict(ln.split(": ", 1) for ln in proc.stdout.splitlines() if re.match(r"^\w+: [-\d.e+]+$", ln))
+    if proc.returncode or "tokens_per_second" not in stats:
+        print(f"[{shape}] failed (exit {proc.returncode}):", (proc.stdout + proc.stderr)[-1500:])
+        continue
+    mfu = float(stats.get("mfu_percent", "nan"))
+    print(f"depth, dim, heads, T, B = {shape}: {float(stats['num_params_M']):.1f}M params, "
+          f"{float(stats['tokens_per_second']):.0f} tok/s, MFU {mfu:.1f}%, "
+          f"peak {float(stats['peak_vram_mb']):.0f} MB, {stats['num_steps']} steps", flush=True)
+    if best is None or not mfu <= best[0]:
+        best = (mfu, shape)
+if best is None:
+    sys.exit("no shape trained")
+print(f"highest MFU {best[0]:.1f}% at depth, dim, heads, T, B = {best[1]}")
+EOF
+}
+
+export -f device_info template overhead bwrap_cuda evolve_scripted large_shapes
 step device 60 device_info
 step data 120 python prepare.py
-step template-small $((BUDGET + 150)) template small
+step bwrap-cuda 90 bwrap_cuda
+if grep -q '^bwrap-cuda  *FAIL' "$TABLE"; then
+  export EVOLVE_BWRAP=""  # measure the rest unsandboxed rather than not at all
+  row sandbox note "bubblewrap failed with CUDA: the steps below ran unsandboxed"
+fi
 step template-large $((BUDGET + 150)) template large
 step overhead 200 overhead
-step bwrap-cuda 90 bwrap_cuda
+step template-small $((BUDGET + 150)) template small
 step evolve 240 evolve_scripted
+step large-shapes 240 large_shapes
 
 echo
 echo "gpu_check on device $DEVICE, $((SECONDS - T0)) s"

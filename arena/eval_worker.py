@@ -14,7 +14,7 @@ Protocol (all integers little-endian uint32):
                     b"E" u32 n, n bytes utf-8          error (then exit)
                     b"O" u32 B, T, V, B*T*V float32    logits
   parent -> worker  b"L" u32 B, T, B*T int64           tokens
-                    b"Q" u32 0                         quit
+The parent ends a worker by killing it; EOF or any other frame also ends it.
 
 It imports only the standard library, numpy and torch (it is started by path, not as
 part of the `arena` package). What the candidate prints goes to stderr (the log).
@@ -116,7 +116,7 @@ def main() -> int:
             tag = _read_exact(proto_in, 1)
         except EOFError:
             return 0
-        if tag == b"Q":
+        if tag != b"L":
             return 0
         b, t = U32.unpack(_read_exact(proto_in, 4))[0], U32.unpack(_read_exact(proto_in, 4))[0]
         idx = np.frombuffer(_read_exact(proto_in, 8 * b * t), dtype=np.int64).reshape(b, t)

@@ -2,7 +2,10 @@
 
 Flow: `arena.evaluate` (trusted, never imports the candidate) starts this file as a
 script, sandboxed: it sees the worktree and the checkpoint read-only, no evaluation
-splits on disk, no network, nowhere to write that outlives it. Here the candidate's
+splits on disk, no network, nowhere to write that outlives it. It imports torch, then
+waits for the parent's go (the evaluator may start it while the candidate still trains,
+so that this start-up is off the slot's clock; nothing of the candidate runs, and no
+device is touched, before the go). Then the candidate's
 train.py is imported under the module name `train` (so its `__main__` block does not
 run), the model is rebuilt with `build_model(**build.json)`, `model.pt` is loaded with
 `torch.load(weights_only=True)`, and then the worker answers requests on its stdin /
@@ -13,7 +16,8 @@ Protocol (all integers little-endian uint32):
   worker -> parent  b"R" u32 0                         ready
                     b"E" u32 n, n bytes utf-8          error (then exit)
                     b"O" u32 B, T, V, B*T*V float32    logits
-  parent -> worker  b"L" u32 B, T, B*T int64           tokens
+  parent -> worker  b"G"                               go (once, first)
+                    b"L" u32 B, T, B*T int64           tokens
 The parent ends a worker by killing it; EOF or any other frame also ends it.
 
 It imports only the standard library, numpy and torch (it is started by path, not as
@@ -69,6 +73,15 @@ def main() -> int:
         import torch
 
         torch.set_num_threads(max(1, threads))
+    except BaseException as exc:
+        _send_error(proto_out, f"importing torch failed: {_short_tb(exc)}")
+        return 1
+    try:
+        if _read_exact(proto_in, 1) != b"G":
+            return 0
+    except EOFError:
+        return 0
+    try:
         sys.path.insert(0, worktree)
         sys.argv = [os.path.join(worktree, "train.py")]
         os.chdir(worktree)

@@ -27,8 +27,14 @@ Non-finite logits give `nan`; absurd logits (|logit| > prepare.LOGIT_LIMIT) and 
 that fails to import, build, load or answer in time give `contract_error`; failed
 checks give `causality_violation`.
 
+With `--go FILE` it starts warm (the runner starts it while the candidate trains): the
+workers are started and import torch, the splits are loaded, and then it waits for the
+runner to write FILE; nothing of the candidate runs before that (the workers wait for
+their go frame before they import train.py).
+
 It writes one JSON object to `--result`: status, message, val_bpb, test_bpb, probe and
-timings (ready_seconds, score_seconds, check_seconds, eval_seconds). What it does not
+timings (ready_seconds, score_seconds, check_seconds, eval_seconds, counted from the go
+when warm; warm_seconds, spent before it). What it does not
 do: train, trust any number the candidate wrote, or send the worker any text of the
 evaluation splits besides the inputs it scores (check text comes from the train split).
 """
@@ -84,6 +90,15 @@ class ModelProxy:
         self.vocab_size = vocab_size
         self.deadline = deadline
         self.calls = 0
+
+    def go(self) -> ModelProxy:
+        """Let the worker (torch imported, waiting) import train.py and load the model."""
+        try:
+            self.proc.stdin.write(b"G")
+            self.proc.stdin.flush()
+        except (BrokenPipeError, OSError):
+            pass  # it is gone: wait_ready reports why
+        return self
 
     def _read(self, n: int) -> bytes:
         fd = self.proc.stdout.fileno()
@@ -152,8 +167,8 @@ class ModelProxy:
 
 class FreshWorker:
     """`logits_fn` backed by a worker process that never saw what the scorer was sent.
-    It is started early by `prestart()` (its start-up then overlaps the scoring) or else
-    on the first call; `before` runs at the first call (the evaluator closes the scorer
+    `start` returns a worker told to go. It is started early by `prestart()` (its
+    start-up then overlaps the scoring) or else on the first call; `before` runs at the first call (the evaluator closes the scorer
     there, so a late-started checker never shares the memory ceiling with it)."""
 
     def __init__(self, start, before=None) -> None:
@@ -164,9 +179,10 @@ class FreshWorker:
         self.started_early = False
         self.wait_seconds: float | None = None
 
-    def prestart(self) -> None:
+    def prestart(self, warm: ModelProxy | None = None) -> None:
+        """Start it now (or go with `warm`, a worker started before the go)."""
         if self.proxy is None:
-            self.proxy = self.start()
+            self.proxy = warm.go() if warm is not None else self.start()
             self.started_early = True
 
     def __call__(self, idx):
@@ -356,13 +372,27 @@ def room_for_two(proc: subprocess.Popen, mem_limit_mb: int) -> bool:
         return False
 
 
+def wait_for_go(path: Path) -> str:
+    """Block until the runner writes `path`: "go" (training ended cleanly, evaluate) or
+    anything else (do not). Only the runner can write there: it is beside the
+    candidate's output directory, outside everything the sandbox lets it write."""
+    while True:
+        try:
+            return path.read_text().strip()
+        except FileNotFoundError:
+            time.sleep(0.02)
+
+
 def run(args) -> dict:
     from arena.sandbox import Sandbox
 
     sandbox = Sandbox(args.mem_limit_mb, {"auto": None, "on": True, "off": False}[args.sandbox])
-    deadline = time.monotonic() + args.timeout_s
-    t0 = time.monotonic()
-    proc = start_worker(args, sandbox)  # it imports torch while we do the same and load data
+    t0 = time.monotonic()  # timings count from here, or from the go
+    # The workers import torch while this process does the same and loads the data;
+    # with --go all of that happens while the candidate still trains (the spare is the
+    # checker, if the checkpoint turns out small enough for two to fit).
+    first = start_worker(args, sandbox)
+    spare = start_worker(args, sandbox) if args.go else None
     import torch
 
     torch.set_num_threads(max(1, args.threads))
@@ -370,22 +400,40 @@ def run(args) -> dict:
     meta = prepare.load_meta(Path(args.data))
     splits = {s: prepare.load_split(s, Path(args.data)) for s in ("val", "test")}
     train_tokens = prepare.load_split("train", Path(args.data))
-    scorer = ModelProxy(proc, meta.vocab_size, deadline)
+    if args.go and wait_for_go(Path(args.go)) != "go":
+        for proc in (first, spare):
+            proc.kill()
+            proc.wait()
+        return {"status": "not_run", "message": "training did not end cleanly"}
+    warm_seconds = time.monotonic() - t0 if args.go else None  # spent before the go
+    if args.go:
+        t0 = time.monotonic()
+    deadline = t0 + args.timeout_s
+    scorer = ModelProxy(first, meta.vocab_size, deadline).go()
     checker = FreshWorker(
-        lambda: ModelProxy(start_worker(args, sandbox), meta.vocab_size, deadline),
+        lambda: ModelProxy(start_worker(args, sandbox), meta.vocab_size, deadline).go(),
         before=scorer.close,
     )
     if two_fit_at_start(args):
-        checker.prestart()
+        checker.prestart(ModelProxy(spare, meta.vocab_size, deadline) if spare else None)
+    elif spare is not None:  # it would share the memory ceiling with the scorer's load
+        spare.kill()
+        spare.wait()
     rng = random.Random(secrets.randbits(64))
     checks = BehaviourChecks(
         prepare, train_tokens, meta.vocab_size, rng, prepare.CHECK_TOLERANCE
     )
-    result: dict = {"status": "evaluated", "message": "ok", "val_bpb": None, "test_bpb": None}
+    result: dict = {
+        "status": "evaluated",
+        "message": "ok",
+        "val_bpb": None,
+        "test_bpb": None,
+        "warm_seconds": warm_seconds,
+    }
     try:
         scorer.wait_ready()
         result["ready_seconds"] = time.monotonic() - t0  # worker started, model loaded
-        if not checker.started_early and room_for_two(proc, args.mem_limit_mb):
+        if not checker.started_early and room_for_two(first, args.mem_limit_mb):
             checker.prestart()  # its start-up overlaps the scoring
         t_score = time.monotonic()
         for split, tokens in splits.items():
@@ -458,7 +506,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--mem-limit-mb", type=int, default=8192)
     p.add_argument("--sandbox", default="auto", choices=["auto", "on", "off"])
-    p.add_argument("--timeout-s", type=float, default=600.0)
+    p.add_argument("--timeout-s", type=float, default=600.0, help="from the go on")
+    p.add_argument(
+        "--go",
+        help="start warm: start the workers and load the data, then wait until the runner "
+        "writes this file (\"go\": evaluate; anything else: exit without a result)",
+    )
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     try:

@@ -52,6 +52,13 @@ class ArenaConfig:
     # torch.compile's caches, shared by the candidates of a run and kept across resumes
     # (None: <run dir>/cache/compile)
     compile_cache_dir: str | None = None
+    # start the trusted evaluator while the candidate trains (runner.WarmEvaluator);
+    # None: on GPU slots, where the host's CPUs are idle during training. A CPU slot's
+    # cores are busy then, so there it only moves the start-up, unless cores are spare.
+    warm_evaluator: bool | None = None
+
+    def warm_evaluator_on(self, slot: Slot) -> bool:
+        return slot.device_type == "cuda" if self.warm_evaluator is None else self.warm_evaluator
 
     @property
     def sandbox(self) -> Sandbox:
@@ -151,6 +158,7 @@ def execute_run(
                 repo, request.commit, Path(config.compile_cache_dir or repo.run_dir / "cache" / "compile")
             ),
             limits=limits or config.limits(request.budget_s, slot),
+            warm_evaluator=config.warm_evaluator_on(slot),
         )
     except Exception as exc:  # the arena's own failure: explained, redone, not counted
         log.exception("run %s failed inside the arena", name)

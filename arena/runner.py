@@ -78,11 +78,13 @@ class Cancelled(Exception):
 
 
 class RunHandle:
-    """Lets another thread cancel the run in progress (SIGTERM to its supervisor)."""
+    """Lets another thread cancel the run in progress (SIGTERM to its supervisor, and
+    to the handles linked with `also`)."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._proc: subprocess.Popen | None = None
+        self._linked: list[RunHandle] = []
         self.cancelled = False
 
     def attach(self, proc: subprocess.Popen | None) -> None:
@@ -91,11 +93,22 @@ class RunHandle:
             if proc is not None and self.cancelled:
                 proc.terminate()
 
+    def also(self, other: RunHandle) -> None:
+        """Cancelling this handle cancels `other` too (at once if it already was)."""
+        with self._lock:
+            self._linked.append(other)
+            cancelled = self.cancelled
+        if cancelled:
+            other.cancel()
+
     def cancel(self) -> None:
         with self._lock:
             self.cancelled = True
             if self._proc is not None and self._proc.poll() is None:
                 self._proc.terminate()
+            linked = list(self._linked)
+        for other in linked:
+            other.cancel()
 
 
 def candidate_env(
@@ -389,18 +402,22 @@ def run_candidate(
     compile_cache: Path | None = None,
     max_checkpoint_mb: float = MAX_CHECKPOINT_MB,
     limits: Limits | None = None,
+    warm_evaluator: bool = False,
 ) -> Outcome:
     """Train `worktree`'s train.py and evaluate it. Never raises for candidate faults:
     every failure is an Outcome with a status and a message. `compile_cache`: the
     commit's directory for torch.compile's caches (writable in the sandbox; the
     evaluator never uses it). `limits` default to the budget plus
-    `startup_allowance_s` on this slot."""
+    `startup_allowance_s` on this slot. `warm_evaluator`: start the evaluator while the
+    candidate trains (`WarmEvaluator`), so that its start-up is off the slot's clock."""
     if limits is None:
         limits = Limits(budget_s, startup_allowance_s, slot.device_type, slot.threads)
     out_dir.mkdir(parents=True, exist_ok=True)
     # The code that is evaluated is the code that was committed: train.py as checked
     # out, before the candidate runs (it could rewrite itself or drop modules beside it).
     committed_train = (worktree / "train.py").read_bytes()
+    trusted = trusted_prepare.read_bytes()
+    source = out_dir.parent / f"{out_dir.name}.src"  # what the evaluator's worker imports
     home = out_dir / "home"
     home.mkdir(exist_ok=True)
     log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -423,88 +440,96 @@ def run_candidate(
             f"# arena: train.py on {slot.name} ({slot.device_name}), seed {seed}, "
             f"budget {budget_s:g} s\n".encode()
         )
-    report = supervised(
-        argv,
-        worktree,
-        env,
-        log_path,
-        limits.wall_limit_s,
-        sandbox,
-        slot,
-        handle,
-        term_grace_s,
-        cpu_limit_s=limits.cpu_limit_s,
-        wall_load_adjusted=limits.on_cpu,
-        live_path=live_memory_path(log_path),
+    evaluation = dict(
+        worktree=source,
+        out_dir=out_dir,
+        log_path=log_path.with_suffix(".eval.log"),
+        data_dir=data_dir,
+        trusted_prepare=trusted_prepare,
+        slot=slot,
+        sandbox=sandbox,
+        eval_timeout_s=eval_timeout_s,
+        term_grace_s=term_grace_s,
     )
-    live_memory_path(log_path).unlink(missing_ok=True)
-    text = log_tail(log_path)
-    trusted = trusted_prepare.read_bytes()
+    warm = None
     try:
-        prepare_changed = (worktree / "prepare.py").read_bytes() != trusted
-    except OSError:
-        prepare_changed = True
-    status, message = classify_training(
-        report, text, out_dir, limits, prepare_changed, max_checkpoint_mb
-    )
-    claimed = read_claimed(out_dir, text)
-    peak = max(report["peak_rss_mb"], report["tree_peak_mb"])
-    if slot.device_type == "cuda":
-        peak = report["gpu_peak_mb"] or None  # GPU memory is the figure that matters there
-    common = dict(
-        peak_mem_mb=peak,
-        train_wall_s=report["wall_s"],
-        train_cpu_s=report.get("cpu_seconds"),
-        claimed=claimed,
-    )
-    if status is not Status.RUNNING:
-        return Outcome(status, message, **common)
-    if handle is not None and handle.cancelled:
-        return Outcome(
-            Status.PROPOSED, "cancelled by the arena before evaluation; not measured", **common
+        if warm_evaluator:
+            write_source(source, committed_train, trusted)
+            warm = WarmEvaluator(**evaluation, wait_s=2 * limits.wall_limit_s + 60)
+        report = supervised(
+            argv,
+            worktree,
+            env,
+            log_path,
+            limits.wall_limit_s,
+            sandbox,
+            slot,
+            handle,
+            term_grace_s,
+            cpu_limit_s=limits.cpu_limit_s,
+            wall_load_adjusted=limits.on_cpu,
+            live_path=live_memory_path(log_path),
         )
-    source = out_dir.parent / f"{out_dir.name}.src"
-    source.mkdir(exist_ok=True)
-    (source / "train.py").write_bytes(committed_train)
-    (source / "prepare.py").write_bytes(trusted)
-    try:
-        ev_status, ev_message, val_bpb, test_bpb, eval_wall = evaluate(
-            worktree=source,
-            out_dir=out_dir,
-            log_path=log_path.with_suffix(".eval.log"),
-            data_dir=data_dir,
-            trusted_prepare=trusted_prepare,
-            slot=slot,
-            seed=seed,
-            sandbox=sandbox,
-            eval_timeout_s=eval_timeout_s,
-            term_grace_s=term_grace_s,
-            handle=handle,
+        live_memory_path(log_path).unlink(missing_ok=True)
+        text = log_tail(log_path)
+        try:
+            prepare_changed = (worktree / "prepare.py").read_bytes() != trusted
+        except OSError:
+            prepare_changed = True
+        status, message = classify_training(
+            report, text, out_dir, limits, prepare_changed, max_checkpoint_mb
+        )
+        claimed = read_claimed(out_dir, text)
+        peak = max(report["peak_rss_mb"], report["tree_peak_mb"])
+        if slot.device_type == "cuda":
+            peak = report["gpu_peak_mb"] or None  # GPU memory is the figure that matters there
+        common = dict(
+            peak_mem_mb=peak,
+            train_wall_s=report["wall_s"],
+            train_cpu_s=report.get("cpu_seconds"),
+            claimed=claimed,
+        )
+        if status is not Status.RUNNING:
+            return Outcome(status, message, **common)
+        if handle is not None and handle.cancelled:
+            return Outcome(
+                Status.PROPOSED, "cancelled by the arena before evaluation; not measured", **common
+            )
+        write_source(source, committed_train, trusted)  # as committed, whatever happened since
+        verdict = warm.go(handle) if warm is not None else None
+        if verdict is None:  # cold, or the warm evaluator did not make it to the go
+            verdict = evaluate(**evaluation, handle=handle)
+        ev_status, ev_message, val_bpb, test_bpb, eval_wall = verdict
+        return Outcome(
+            ev_status, ev_message, val_bpb=val_bpb, test_bpb=test_bpb, eval_wall_s=eval_wall, **common
         )
     finally:
+        if warm is not None:
+            warm.stop()
         shutil.rmtree(source, ignore_errors=True)
-    return Outcome(
-        ev_status, ev_message, val_bpb=val_bpb, test_bpb=test_bpb, eval_wall_s=eval_wall, **common
-    )
 
 
-def evaluate(
+def write_source(source: Path, train_py: bytes, prepare_py: bytes) -> None:
+    """The files the evaluator's worker sees as the worktree: train.py as committed and
+    the trusted prepare.py."""
+    source.mkdir(exist_ok=True)
+    (source / "train.py").write_bytes(train_py)
+    (source / "prepare.py").write_bytes(prepare_py)
+
+
+def evaluator_command(
     *,
     worktree: Path,
     out_dir: Path,
-    log_path: Path,
     data_dir: Path,
     trusted_prepare: Path,
     slot: Slot,
-    seed: int,
     sandbox: Sandbox,
     eval_timeout_s: float,
-    term_grace_s: float = 3.0,
-    handle: RunHandle | None = None,
-) -> tuple[Status, str, float | None, float | None, float]:
-    """Run the trusted evaluator on a trained worktree: (status, message, val_bpb,
-    test_bpb, wall seconds)."""
-    result_path = out_dir.parent / f"{out_dir.name}.eval.json"
+    result_path: Path,
+    go_path: Path | None = None,
+) -> tuple[list[str], dict[str, str]]:
+    """argv and environment of `python -m arena.evaluate` for one trained candidate."""
     argv = [
         sys.executable,
         "-m",
@@ -529,6 +554,7 @@ def evaluate(
         "on" if sandbox.bwrap else "off",  # the evaluator confines its worker as training was
         "--timeout-s",
         str(eval_timeout_s),
+        *(["--go", str(go_path)] if go_path is not None else []),
     ]
     env = scrub_env(os.environ)
     env.update(slot.env())
@@ -540,6 +566,66 @@ def evaluate(
             "OMP_NUM_THREADS": str(slot.threads),
             BWRAP_ENV: sandbox.bwrap or "",  # the same bubblewrap as training's
         }
+    )
+    return argv, env
+
+
+Verdict = tuple[Status, str, float | None, float | None, float]  # status, message, val, test, wall
+
+
+def read_verdict(report: dict, result_path: Path, wall: float) -> Verdict | None:
+    """The evaluator's verdict from its supervisor's report and result file; None when it
+    wrote no result."""
+    if report["cancelled"]:
+        return (
+            Status.PROPOSED,
+            "cancelled by the arena during evaluation; not measured",
+            None,
+            None,
+            wall,
+        )
+    try:
+        result = json.loads(result_path.read_text())
+    except (OSError, ValueError):
+        return None
+    finally:
+        result_path.unlink(missing_ok=True)
+    if result["status"] == "arena_error":  # not the candidate's fault
+        raise RuntimeError(result["message"])
+    status = Status(result["status"])
+    val, test = result.get("val_bpb"), result.get("test_bpb")
+    if status is Status.EVALUATED and not all(
+        isinstance(v, float) and math.isfinite(v) for v in (val, test)
+    ):
+        return Status.NAN, "the evaluator produced a non-finite bpb", None, None, wall
+    return status, result["message"], val, test, wall
+
+
+def evaluate(
+    *,
+    worktree: Path,
+    out_dir: Path,
+    log_path: Path,
+    data_dir: Path,
+    trusted_prepare: Path,
+    slot: Slot,
+    sandbox: Sandbox,
+    eval_timeout_s: float,
+    term_grace_s: float = 3.0,
+    handle: RunHandle | None = None,
+) -> Verdict:
+    """Run the trusted evaluator on a trained worktree: (status, message, val_bpb,
+    test_bpb, wall seconds)."""
+    result_path = out_dir.parent / f"{out_dir.name}.eval.json"
+    argv, env = evaluator_command(
+        worktree=worktree,
+        out_dir=out_dir,
+        data_dir=data_dir,
+        trusted_prepare=trusted_prepare,
+        slot=slot,
+        sandbox=sandbox,
+        eval_timeout_s=eval_timeout_s,
+        result_path=result_path,
     )
     # The evaluator is trusted code: its address space is not capped (it forwards the
     # ceiling to the candidate's model worker, which is).
@@ -555,18 +641,8 @@ def evaluate(
         term_grace_s,
         address_space=False,
     )
-    wall = report["wall_s"]
-    if report["cancelled"]:
-        return (
-            Status.PROPOSED,
-            "cancelled by the arena during evaluation; not measured",
-            None,
-            None,
-            wall,
-        )
-    try:
-        result = json.loads(result_path.read_text())
-    except (OSError, ValueError):
+    verdict = read_verdict(report, result_path, report["wall_s"])
+    if verdict is None:
         tail = traceback_tail(log_tail(log_path))
         why = "timed out" if report["timed_out"] else f"exited {report['returncode']}"
         return (
@@ -574,16 +650,91 @@ def evaluate(
             f"the evaluator {why} without a result:\n{tail}",
             None,
             None,
-            wall,
+            report["wall_s"],
         )
-    finally:
-        result_path.unlink(missing_ok=True)
-    if result["status"] == "arena_error":  # not the candidate's fault
-        raise RuntimeError(result["message"])
-    status = Status(result["status"])
-    val, test = result.get("val_bpb"), result.get("test_bpb")
-    if status is Status.EVALUATED and not all(
-        isinstance(v, float) and math.isfinite(v) for v in (val, test)
-    ):
-        return Status.NAN, "the evaluator produced a non-finite bpb", None, None, wall
-    return status, result["message"], val, test, wall
+    return verdict
+
+
+class WarmEvaluator:
+    """The trusted evaluator started while the candidate trains (`run_candidate`'s
+    `warm_evaluator`): it imports torch, loads the splits and starts its sandboxed model
+    workers, which import torch and wait; nothing of the candidate runs and no device is
+    touched before `go` (so the candidate's measured memory is its own). `go` lets it
+    evaluate and returns its verdict; `stop` ends it unused. Its start-up then costs the
+    slot nothing after training, where a cold `evaluate` pays it."""
+
+    def __init__(self, *, wait_s: float, **evaluation) -> None:
+        out_dir: Path = evaluation["out_dir"]
+        self.evaluation = evaluation
+        self.go_path = out_dir.parent / f"{out_dir.name}.eval.go"
+        self.result_path = out_dir.parent / f"{out_dir.name}.eval.json"
+        self.go_path.unlink(missing_ok=True)
+        argv, env = evaluator_command(
+            **{k: v for k, v in evaluation.items() if k not in ("log_path", "term_grace_s")},
+            result_path=self.result_path,
+            go_path=self.go_path,
+        )
+        self.handle = RunHandle()
+        self._report: dict | None = None
+        self._error: Exception | None = None
+        self._thread = threading.Thread(
+            target=self._supervise,
+            args=(argv, env, wait_s + evaluation["eval_timeout_s"] + 30),
+            name="warm-evaluator",
+            daemon=True,
+        )
+        self._thread.start()
+
+    def _supervise(self, argv: list[str], env: dict[str, str], wall_limit_s: float) -> None:
+        e = self.evaluation
+        try:
+            self._report = supervised(
+                argv,
+                PACKAGE_ROOT,
+                env,
+                e["log_path"],
+                wall_limit_s,
+                e["sandbox"],
+                e["slot"],
+                self.handle,
+                e["term_grace_s"],
+                address_space=False,
+            )
+        except Exception as exc:  # reported by go; the runner then evaluates cold
+            self._error = exc
+
+    def _signal(self, word: str) -> None:
+        tmp = self.go_path.with_suffix(".tmp")
+        tmp.write_text(word)
+        os.replace(tmp, self.go_path)
+
+    def go(self, handle: RunHandle | None) -> Verdict | None:
+        """Evaluate now; None when the evaluator ended before the go or without a
+        result (the caller then evaluates cold, and that verdict counts)."""
+        if not self._thread.is_alive():
+            log.warning("the warm evaluator ended before the go; evaluating cold")
+            return None
+        if handle is not None:
+            handle.also(self.handle)
+        t0 = time.monotonic()
+        self._signal("go")
+        self._thread.join()
+        wall = time.monotonic() - t0
+        if self._error is not None:
+            log.warning("the warm evaluator failed (%s); evaluating cold", self._error)
+            return None
+        verdict = read_verdict(self._report, self.result_path, wall)
+        if verdict is None:
+            log.warning("the warm evaluator wrote no result; evaluating cold")
+        return verdict
+
+    def stop(self) -> None:
+        """End it if it still runs (training failed or was cancelled), and tidy up."""
+        if self._thread.is_alive():
+            self._signal("stop")
+            self._thread.join(timeout=10)
+            if self._thread.is_alive():
+                self.handle.cancel()
+                self._thread.join()
+        self.go_path.unlink(missing_ok=True)
+        self.result_path.unlink(missing_ok=True)

@@ -16,9 +16,14 @@ the later runs share it as a run's candidates do (warm, median reported):
 - evaluator start: from launching `python -m arena.evaluate` until its sandboxed model
   worker has imported train.py, rebuilt the model and loaded the checkpoint;
 - evaluation: causality probe + val_bpb + test_bpb (spot checks included), over the
-  pipe to the worker; evaluator total = its whole supervised wall time.
+  pipe to the worker; evaluator total = its whole supervised wall time;
+- evaluator total, warm-started (`--warm-evaluator`, default on): the same candidate
+  and seed run once more with the evaluator started while it trains
+  (runner.WarmEvaluator), timed from the end of training; its val_bpb must be the same.
+  Its start-up then runs beside the training: where the slot's threads fill the
+  machine (CPU), the training's own overhead shows what that costs it.
 Arena-added seconds per candidate = guards + worktree + bare process start + evaluator
-total. The candidate's own start-up (imports, torch.compile, warm-up, saving) is the
+total (cold, and warm-started). The candidate's own start-up (imports, torch.compile, warm-up, saving) is the
 training overhead, reported apart, cold and warm: on a GPU the difference is the compile
 time a warm cache saves (on CPU the template does not compile).
 """
@@ -78,6 +83,12 @@ def main() -> int:
     p.add_argument("--device", default="cpu", help="cpu, or a GPU index list like 0")
     p.add_argument("--no-sandbox", action="store_true")
     p.add_argument("--mem-limit-mb", type=int, default=None, help="default: 80%% of RAM")
+    p.add_argument(
+        "--warm-evaluator",
+        choices=["on", "off"],
+        default="on",
+        help="also time each candidate with the evaluator started while it trains",
+    )
     args = p.parse_args()
     logging.basicConfig(level=logging.WARNING)
 
@@ -108,6 +119,8 @@ def main() -> int:
                 "eval_ready",
                 "eval_compute",
                 "eval_total",
+                "eval_warm",
+                "train_over_warm",
                 "train_wall",
                 "guards",
             )
@@ -136,10 +149,8 @@ def main() -> int:
                 rep_ = supervised(argv, wt, env, out / "start.log", 60, sandbox, slot, None)
                 assert rep_["returncode"] == 0, (out / "start.log").read_text()
                 t[key].append(time.perf_counter() - t0)
-            outcome = run_candidate(
+            run = dict(
                 worktree=wt,
-                out_dir=out,
-                log_path=out.parent / f"bench-{rep}.log",
                 data_dir=data_dir,
                 trusted_prepare=prepare,
                 slot=slot,
@@ -149,9 +160,24 @@ def main() -> int:
                 eval_timeout_s=1800,
                 compile_cache=compile_cache,
             )
+            outcome = run_candidate(**run, out_dir=out, log_path=out.parent / f"bench-{rep}.log")
             if outcome.status is not Status.EVALUATED:
                 print(f"run {rep}: {outcome.status.value}: {outcome.message}", file=sys.stderr)
                 return 1
+            if args.warm_evaluator == "on":
+                again = run_candidate(
+                    **run,
+                    out_dir=out.parent / f"bench-{rep}-warm",
+                    log_path=out.parent / f"bench-{rep}-warm.log",
+                    warm_evaluator=True,
+                )
+                if again.status is not Status.EVALUATED or again.val_bpb != outcome.val_bpb:
+                    print(f"run {rep}, warm evaluator: {again.status.value}: {again.message} "
+                          f"(val_bpb {again.val_bpb} against {outcome.val_bpb})", file=sys.stderr)
+                    return 1
+                t["eval_warm"].append(again.eval_wall_s)
+                warm_counted = float(again.claimed.get("training_seconds", args.budget))
+                t["train_over_warm"].append(again.train_wall_s - warm_counted)
             counted = float(outcome.claimed.get("training_seconds", args.budget))
             t["train_wall"].append(outcome.train_wall_s)
             t["train_over"].append(outcome.train_wall_s - counted)
@@ -192,7 +218,7 @@ def main() -> int:
             repo.remove_worktree(wt)
             t["wt_remove"].append(time.perf_counter() - t0)
 
-    cold = {k: v[0] for k, v in t.items()}
+    cold = {k: v[0] if v else float("nan") for k, v in t.items()}
     warm = {k: med(v[1:]) if len(v) > 1 else float("nan") for k, v in t.items()}
     print(
         f"arena overhead per candidate ({'tiny model' if args.tiny else 'seed train.py'}, "
@@ -208,18 +234,23 @@ def main() -> int:
         ("evaluator start (worker ready, model loaded)", "eval_ready"),
         ("evaluation (probe + val + test)", "eval_compute"),
         ("evaluator total (supervised wall)", "eval_total"),
+        ("evaluator total, warm-started (after training)", "eval_warm"),
         ("candidate: process start importing torch + prepare", "start_torch"),
         ("candidate: training overhead (wall - counted budget)", "train_over"),
+        ("  the same beside a warm-starting evaluator", "train_over_warm"),
     ]
     print(f"  {'':<54} {'cold':>7}   {'warm':>7}")
     for name, key in rows:
         print(f"  {name:<54} {cold[key]:7.2f} s {warm[key]:7.2f} s")
-    for label, m in (("cold", cold), ("warm", warm)):
-        added = m["guards"] + m["wt_add"] + m["wt_remove"] + m["start_bare"] + m["eval_total"]
-        print(
-            f"  {'arena-added seconds per candidate, ' + label:<54} {added:7.2f} s  "
-            f"= {100 * added / 300:.1f}% of a 300 s budget"
-        )
+    evaluators = ["eval_total"] + (["eval_warm"] if args.warm_evaluator == "on" else [])
+    for evaluator in evaluators:
+        for label, m in (("cold", cold), ("warm", warm)):
+            added = m["guards"] + m["wt_add"] + m["wt_remove"] + m["start_bare"] + m[evaluator]
+            label += ", warm-started evaluator" if evaluator == "eval_warm" else ""
+            print(
+                f"  {'arena-added seconds per candidate, ' + label:<54} {added:7.2f} s  "
+                f"= {100 * added / 300:.1f}% of a 300 s budget"
+            )
     print(
         f"  trusted val_bpb per run: {', '.join(f'{a:.4f}' for a, _ in results)} "
         f"(re-evaluation gives {', '.join(f'{b:.4f}' for _, b in results)})"

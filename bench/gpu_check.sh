@@ -5,7 +5,8 @@
 #      the later steps run unsandboxed (EVOLVE_BWRAP="") and the table says so.
 #   2. template, large preset (GPU_SIZE = "large"), through the arena: MFU against the
 #      device's own peak
-#   3. arena overhead, cold then warm compile cache (bench/arena_overhead.py)
+#   3. arena overhead, cold then warm compile cache, cold and warm-started evaluator
+#      (bench/arena_overhead.py)
 #   4. template, small preset (the embedded corpus's), through the arena: trusted val_bpb
 #   5. a short `evolve` (1 generation, 1 child) with a scripted LLM on the GPU
 #   6. large-preset shapes (depth, width, batch) trained directly for a few seconds each:
@@ -103,7 +104,7 @@ overhead() {
   python bench/arena_overhead.py --device "$GPU_CHECK_DEVICE" --reps 2 --budget 10 \
     --data "$EVOLVE_DATA" > "$out" || { cat "$out"; return 1; }
   cat "$out"
-  echo "$(grep -o 'per candidate, cold.*' "$out" | head -1); $(grep -o 'per candidate, warm.*' "$out" | head -1)"
+  echo "$(grep -o 'per candidate, cold.*' "$out" | head -1); $(grep -o 'per candidate, warm.*' "$out" | head -1); $(grep -o 'per candidate, warm, warm-started.*' "$out" | head -1)"
 }
 
 bwrap_cuda() {
@@ -217,7 +218,7 @@ if grep -q '^bwrap-cuda  *FAIL' "$TABLE"; then
   row sandbox note "bubblewrap failed with CUDA: the steps below ran unsandboxed"
 fi
 step template-large $((BUDGET + 150)) template large
-step overhead 200 overhead
+step overhead 320 overhead
 step template-small $((BUDGET + 150)) template small
 step evolve 240 evolve_scripted
 step large-shapes 240 large_shapes

@@ -34,9 +34,9 @@ their go frame before they import train.py).
 
 It writes one JSON object to `--result`: status, message, val_bpb, test_bpb, probe and
 timings (ready_seconds, score_seconds, check_seconds, eval_seconds, counted from the go
-when warm; warm_seconds, spent before it). What it does not
-do: train, trust any number the candidate wrote, or send the worker any text of the
-evaluation splits besides the inputs it scores (check text comes from the train split).
+when warm; warm_seconds, spent before it). What it does not do: train, trust any
+number the candidate wrote, or send the worker any text of the evaluation splits besides
+the inputs it scores (check text comes from the train split).
 """
 
 from __future__ import annotations
@@ -168,8 +168,9 @@ class ModelProxy:
 class FreshWorker:
     """`logits_fn` backed by a worker process that never saw what the scorer was sent.
     `start` returns a worker told to go. It is started early by `prestart()` (its
-    start-up then overlaps the scoring) or else on the first call; `before` runs at the first call (the evaluator closes the scorer
-    there, so a late-started checker never shares the memory ceiling with it)."""
+    start-up then overlaps the scoring) or else on the first call; `before` runs at the
+    first call (the evaluator closes the scorer there, so a late-started checker never
+    shares the memory ceiling with it)."""
 
     def __init__(self, start, before=None) -> None:
         self.start = start

@@ -401,14 +401,14 @@ def run(args) -> dict:
     meta = prepare.load_meta(Path(args.data))
     splits = {s: prepare.load_split(s, Path(args.data)) for s in ("val", "test")}
     train_tokens = prepare.load_split("train", Path(args.data))
-    if args.go and wait_for_go(Path(args.go)) != "go":
-        for proc in (first, spare):
-            proc.kill()
-            proc.wait()
-        return {"status": "not_run", "message": "training did not end cleanly"}
-    warm_seconds = time.monotonic() - t0 if args.go else None  # spent before the go
+    warm_seconds = None  # spent before the go
     if args.go:
-        t0 = time.monotonic()
+        if wait_for_go(Path(args.go)) != "go":
+            for proc in (first, spare):
+                proc.kill()
+                proc.wait()
+            return {"status": "not_run", "message": "training did not end cleanly"}
+        warm_seconds, t0 = time.monotonic() - t0, time.monotonic()
     deadline = t0 + args.timeout_s
     scorer = ModelProxy(first, meta.vocab_size, deadline).go()
     checker = FreshWorker(

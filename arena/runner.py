@@ -570,6 +570,25 @@ def evaluator_command(
     return argv, env
 
 
+def supervise_evaluator(
+    argv: list[str],
+    env: dict[str, str],
+    log_path: Path,
+    wall_limit_s: float,
+    sandbox: Sandbox,
+    slot: Slot,
+    handle: RunHandle | None,
+    term_grace_s: float,
+) -> dict:
+    """Run the evaluator under the supervisor; its report. The evaluator is trusted
+    code: its address space is not capped (it forwards the ceiling to the candidate's
+    model worker, which is)."""
+    return supervised(
+        argv, PACKAGE_ROOT, env, log_path, wall_limit_s, sandbox, slot, handle, term_grace_s,
+        address_space=False,
+    )
+
+
 Verdict = tuple[Status, str, float | None, float | None, float]  # status, message, val, test, wall
 
 
@@ -627,19 +646,8 @@ def evaluate(
         eval_timeout_s=eval_timeout_s,
         result_path=result_path,
     )
-    # The evaluator is trusted code: its address space is not capped (it forwards the
-    # ceiling to the candidate's model worker, which is).
-    report = supervised(
-        argv,
-        PACKAGE_ROOT,
-        env,
-        log_path,
-        eval_timeout_s + 30,
-        sandbox,
-        slot,
-        handle,
-        term_grace_s,
-        address_space=False,
+    report = supervise_evaluator(
+        argv, env, log_path, eval_timeout_s + 30, sandbox, slot, handle, term_grace_s
     )
     verdict = read_verdict(report, result_path, report["wall_s"])
     if verdict is None:
@@ -688,17 +696,9 @@ class WarmEvaluator:
     def _supervise(self, argv: list[str], env: dict[str, str], wall_limit_s: float) -> None:
         e = self.evaluation
         try:
-            self._report = supervised(
-                argv,
-                PACKAGE_ROOT,
-                env,
-                e["log_path"],
-                wall_limit_s,
-                e["sandbox"],
-                e["slot"],
-                self.handle,
+            self._report = supervise_evaluator(
+                argv, env, e["log_path"], wall_limit_s, e["sandbox"], e["slot"], self.handle,
                 e["term_grace_s"],
-                address_space=False,
             )
         except Exception as exc:  # reported by go; the runner then evaluates cold
             self._error = exc
